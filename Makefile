@@ -1,0 +1,42 @@
+# xgpp: two commands on a fresh machine.  `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# PyTorch goes in first, pinned: the CPU wheel is on disk, an unpinned torch pulls a CUDA build.
+$(VENV)/.torch: $(VENV)/bin/activate
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet -e ".[test]"
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/xgpp demo
+
+test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check xgpp tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check xgpp tests benchmarks
+
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/predict.py
+	$(PY) benchmarks/train_loader.py
+
+clean:
+	rm -rf $(VENV) xgpp-demo .pytest_cache
