@@ -1,0 +1,214 @@
+"""Tests for xgpp.cluster: local, address, gateway (real server on loopback) and cuda back ends."""
+
+from __future__ import annotations
+
+import time
+
+import dask.array as da
+import numpy as np
+import pytest
+
+import xgpp
+from xgpp import cluster as cluster_mod
+from xgpp.cluster import (
+    BACKENDS,
+    AddressBackend,
+    ClusterBackend,
+    CUDABackend,
+    GatewayBackend,
+    LocalBackend,
+    resolve_kind,
+)
+
+
+def _compute_sum(client) -> float:
+    x = da.arange(1000, chunks=100, dtype="f8")
+    return float(client.compute(x.sum()).result(timeout=60))
+
+
+# --------------------------------------------------------------------------- registry, resolution
+
+
+def test_public_entry_point_is_callable_module():
+    assert xgpp.cluster is cluster_mod
+    assert callable(xgpp.cluster)
+
+
+@pytest.mark.parametrize("cls", [LocalBackend, CUDABackend, GatewayBackend, AddressBackend])
+def test_every_backend_satisfies_protocol_and_is_registered(cls):
+    assert BACKENDS[cls.kind] is cls
+    instance = cls(address="tcp://127.0.0.1:1") if cls is AddressBackend else cls()
+    assert isinstance(instance, ClusterBackend)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("local", ("local", {})),
+        ("gateway", ("gateway", {})),
+        ("tcp://10.0.0.5:8786", ("address", {"address": "tcp://10.0.0.5:8786"})),
+        ("scheduler.example.org:8786", ("address", {"address": "scheduler.example.org:8786"})),
+    ],
+)
+def test_resolve_kind(kind, expected):
+    assert resolve_kind(kind) == expected
+
+
+def test_auto_is_local_without_gpu(monkeypatch):
+    monkeypatch.setattr(cluster_mod, "gpu_available", lambda: False)
+    assert resolve_kind("auto") == ("local", {})
+    assert resolve_kind(None) == ("local", {})
+
+
+def test_auto_is_cuda_with_gpu_and_dask_cuda(monkeypatch):
+    monkeypatch.setattr(cluster_mod, "gpu_available", lambda: True)
+    monkeypatch.setattr(cluster_mod, "_dask_cuda_importable", lambda: True)
+    assert resolve_kind("auto") == ("cuda", {})
+
+
+def test_unknown_kind_lists_choices():
+    with pytest.raises(ValueError, match=r"unknown cluster kind 'bogus'.*'local'"):
+        resolve_kind("bogus")
+
+
+# --------------------------------------------------------------------------- local
+
+
+def test_local_sizing_and_worker_environment():
+    backend = LocalBackend(n_workers=2, threads_per_worker=3)
+    assert (backend.n_workers, backend.threads_per_worker) == (2, 3)
+    assert backend.env["OMP_NUM_THREADS"] == "3"
+    assert backend.env["MKL_NUM_THREADS"] == "3"
+    assert int(backend.env["MALLOC_MMAP_THRESHOLD_"]) >= 16 * 2**20
+    assert int(backend.env["MALLOC_TRIM_THRESHOLD_"]) > 65536
+    n, t = LocalBackend.sizing(None, None)
+    assert n >= 1 and t >= 1
+    assert LocalBackend(env={"OMP_NUM_THREADS": 7}).env["OMP_NUM_THREADS"] == "7"
+
+
+def test_local_cluster_computes_with_worker_environment():
+    with xgpp.cluster("local", n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
+        assert _compute_sum(client) == float(np.arange(1000).sum())
+
+        def env():
+            import os
+
+            return {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MALLOC_MMAP_THRESHOLD_")}
+
+        seen = client.run(env)
+        assert len(seen) == 1
+        (worker_env,) = seen.values()
+        assert worker_env == {
+            "OMP_NUM_THREADS": "2",
+            "MALLOC_MMAP_THRESHOLD_": str(cluster_mod.MALLOC_MMAP_THRESHOLD),
+        }
+        cluster = client.cluster
+    assert client.status == "closed"
+    assert cluster.status.name == "closed"
+
+
+def test_local_cluster_closes_when_body_raises():
+    with pytest.raises(RuntimeError, match="boom"):
+        with cluster_mod.cluster(
+            "local", n_workers=1, processes=False, dashboard_address=":0"
+        ) as client:
+            raise RuntimeError("boom")
+    assert client.status == "closed"
+
+
+# --------------------------------------------------------------------------- address
+
+
+def test_unreachable_address_fails_fast_and_clearly():
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=rf"no Dask scheduler answered at '{address}'"):
+        with xgpp.cluster(address, timeout=1):
+            pass
+    assert time.monotonic() - start < 10
+
+
+def test_address_connects_to_running_scheduler():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc:
+        with xgpp.cluster(lc.scheduler_address) as client:
+            assert _compute_sum(client) == float(np.arange(1000).sum())
+        assert client.status == "closed"
+        assert lc.status.name == "running"  # connecting does not own the cluster
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+@pytest.mark.requires_gateway
+def test_gateway_cluster_computes(gateway_server):
+    _, options = gateway_server
+    with xgpp.cluster("gateway", n_workers=1, **options) as client:
+        client.wait_for_workers(1, timeout=60)
+        assert _compute_sum(client) == float(np.arange(1000).sum())
+    # the context manager shut the gateway cluster down: none is left on the server
+    from dask_gateway import Gateway
+    from dask_gateway.auth import BasicAuth
+
+    with Gateway(
+        options["address"],
+        proxy_address=options["proxy_address"],
+        auth=BasicAuth(options["username"], options["password"]),
+    ) as gw:
+        assert gw.list_clusters() == []
+
+
+@pytest.mark.requires_gateway
+def test_gateway_wrong_password_is_a_clear_error(gateway_server):
+    address, options = gateway_server
+    bad = {**options, "password": "not-the-password"}
+    with pytest.raises(PermissionError, match=rf"{address} refused authentication.*BasicAuth"):
+        with xgpp.cluster("gateway", **bad):
+            pass
+
+
+def test_gateway_missing_package_names_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "dask_gateway" or name.startswith("dask_gateway."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match=r"xgpp\[cloud\]"):
+        GatewayBackend(address="http://127.0.0.1:1").start()
+
+
+# --------------------------------------------------------------------------- cuda
+
+
+def test_cuda_missing_package_names_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "dask_cuda":
+            raise ImportError("No module named 'dask_cuda'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match=r"xgpp\[gpu\]"):
+        CUDABackend().start()
+
+
+@pytest.mark.requires_gpu
+def test_cuda_cluster_computes():
+    if not cluster_mod.gpu_available():
+        pytest.skip("no CUDA GPU visible through NVML/torch")
+    pytest.importorskip("dask_cuda")
+    with xgpp.cluster("cuda") as client:
+        assert _compute_sum(client) == float(np.arange(1000).sum())

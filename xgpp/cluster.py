@@ -1,0 +1,520 @@
+"""One call for a Dask cluster: ``with xgpp.cluster("local") as client: ...``.
+
+``kind`` picks a back end; each back end is one class that satisfies :class:`ClusterBackend` and
+is registered in :data:`BACKENDS`, so adding one is adding a class:
+
+==============================  ==========================================================
+kind                            back end
+==============================  ==========================================================
+``"local"``                     :class:`LocalBackend` (``distributed.LocalCluster``)
+``"cuda"``                      :class:`CUDABackend` (``dask_cuda.LocalCUDACluster``)
+``"gateway"``                   :class:`GatewayBackend` (Dask Gateway)
+``"tcp://host:8786"``           :class:`AddressBackend` (an existing scheduler)
+``"auto"`` or ``None``          ``"cuda"`` when a GPU is visible and dask-cuda imports,
+                                else ``"local"``
+==============================  ==========================================================
+
+The module itself is callable, so ``xgpp.cluster(...)`` and ``xgpp.cluster.cluster(...)`` are
+the same call (``xgpp.cluster`` is both the module and the entry point).
+
+Optional back ends (dask-cuda, dask-gateway) are imported only when used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import types
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Client
+
+__all__ = [
+    "BACKENDS",
+    "AddressBackend",
+    "CUDABackend",
+    "ClusterBackend",
+    "GatewayBackend",
+    "LocalBackend",
+    "cluster",
+    "gpu_available",
+    "register_backend",
+    "resolve_kind",
+    "worker_environment",
+]
+
+#: glibc's ceiling for ``M_MMAP_THRESHOLD`` on 64-bit (larger values are silently ignored):
+#: allocations up to this size come from the heap and are reused instead of being mmap'ed and
+#: page-faulted afresh each time.
+MALLOC_MMAP_THRESHOLD = 32 * 1024 * 1024
+#: Keep up to this much freed heap before trimming it back to the OS (distributed's default of
+#: 64 KiB makes every chunk-sized buffer a fresh, page-faulting allocation).
+MALLOC_TRIM_THRESHOLD = 256 * 1024 * 1024
+
+
+def worker_environment(
+    threads_per_worker: int, *, torch_threads: int | None = None
+) -> dict[str, str]:
+    """Environment set in each worker process before it starts.
+
+    Parameters
+    ----------
+    threads_per_worker : int
+        Dask threads per worker process.
+    torch_threads : int, optional
+        OpenMP/MKL threads (used by torch and numpy's BLAS) per worker; default
+        ``threads_per_worker``, so ``n_workers * torch_threads`` matches the cores Dask uses.
+
+    Returns
+    -------
+    dict of str to str
+        For the config key ``distributed.nanny.pre-spawn-environ``.
+    """
+    n = str(torch_threads or threads_per_worker)
+    return {
+        "MALLOC_MMAP_THRESHOLD_": str(MALLOC_MMAP_THRESHOLD),
+        "MALLOC_TRIM_THRESHOLD_": str(MALLOC_TRIM_THRESHOLD),
+        "OMP_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+        "OPENBLAS_NUM_THREADS": n,
+    }
+
+
+def available_cores() -> int:
+    """Cores this process may run on (CPU affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return os.cpu_count() or 1
+
+
+def gpu_available() -> bool:
+    """Whether a CUDA GPU is visible (NVML first, then ``torch.cuda``); never raises."""
+    try:
+        from distributed.diagnostics import nvml
+
+        if nvml.device_get_count() > 0:
+            return True
+    except Exception:  # noqa: BLE001 - no NVML, no driver, no pynvml: all mean "no GPU"
+        pass
+    if "torch" in sys.modules or os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1"):
+        try:
+            import torch
+
+            return bool(torch.cuda.is_available())
+        except Exception:  # noqa: BLE001
+            return False
+    return False
+
+
+def _dask_cuda_importable() -> bool:
+    try:
+        import dask_cuda  # noqa: F401
+    except Exception:  # noqa: BLE001 - dask_cuda raises more than ImportError without CUDA
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- protocol + registry
+
+
+@runtime_checkable
+class ClusterBackend(Protocol):
+    """What every cluster back end provides.
+
+    A back end is built with its options (``Backend(**options)``), starts or connects in
+    :meth:`start` (returning a connected client) and releases everything in :meth:`close`.
+    ``close`` must be safe to call after a failed or partial ``start``.
+    """
+
+    kind: ClassVar[str]
+
+    def start(self) -> Client:
+        """Start (or connect to) the cluster and return a connected client."""
+        ...
+
+    def close(self) -> None:
+        """Close the client and shut down whatever :meth:`start` created."""
+        ...
+
+
+#: kind -> back-end class; see :func:`register_backend`.
+BACKENDS: dict[str, type[ClusterBackend]] = {}
+
+
+def register_backend(cls: type[ClusterBackend]) -> type[ClusterBackend]:
+    """Class decorator: register ``cls`` under ``cls.kind`` in :data:`BACKENDS`."""
+    BACKENDS[cls.kind] = cls
+    return cls
+
+
+class _ClientBackend:
+    """Shared close logic: a client and possibly a cluster object."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.client: Client | None = None
+        self.cluster: Any = None
+
+    def close(self) -> None:
+        client, cluster = self.client, self.cluster
+        self.client = self.cluster = None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        if cluster is not None:
+            shutdown = getattr(cluster, "shutdown", None) or cluster.close
+            with contextlib.suppress(Exception):
+                shutdown()
+            if shutdown != cluster.close:
+                with contextlib.suppress(Exception):
+                    cluster.close()
+
+
+@register_backend
+class LocalBackend(_ClientBackend):
+    """A ``distributed.LocalCluster`` sized to this machine.
+
+    Parameters
+    ----------
+    n_workers, threads_per_worker : int, optional
+        Default: distributed's split of the available cores (e.g. 2 cores -> 2 x 1,
+        32 cores -> 8 x 4).  Giving one derives the other from the core count.
+    torch_threads : int, optional
+        ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` in each worker; default ``threads_per_worker``.
+    memory_limit : str or int
+        Per-worker memory limit (``"auto"`` splits the machine's memory).
+    processes : bool
+        Worker processes (default) or threads in this process (the worker environment below
+        then does not apply).
+    dashboard_address : str or None
+        Scheduler dashboard address; ``":0"`` picks a free port, ``None`` turns it off.
+    env : mapping, optional
+        Extra variables for ``distributed.nanny.pre-spawn-environ`` (set before each worker
+        process starts), overriding the defaults of :func:`worker_environment`.
+    **cluster_kwargs
+        Passed on to ``distributed.LocalCluster``.
+    """
+
+    kind = "local"
+
+    def __init__(
+        self,
+        *,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        torch_threads: int | None = None,
+        memory_limit: str | int | None = "auto",
+        processes: bool = True,
+        dashboard_address: str | None = ":8787",
+        env: Mapping[str, str] | None = None,
+        **cluster_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.n_workers, self.threads_per_worker = self.sizing(n_workers, threads_per_worker)
+        self.torch_threads = torch_threads
+        self.memory_limit = memory_limit
+        self.processes = processes
+        self.dashboard_address = dashboard_address
+        self.env = {
+            **worker_environment(self.threads_per_worker, torch_threads=torch_threads),
+            **{k: str(v) for k, v in (env or {}).items()},
+        }
+        self.cluster_kwargs = cluster_kwargs
+        self._config: contextlib.AbstractContextManager | None = None
+
+    @staticmethod
+    def sizing(n_workers: int | None, threads_per_worker: int | None) -> tuple[int, int]:
+        """Worker processes and threads per worker for this machine."""
+        from distributed.deploy.utils import nprocesses_nthreads
+
+        cores = available_cores()
+        if n_workers is None and threads_per_worker is None:
+            return nprocesses_nthreads(cores)
+        if n_workers is None:
+            return max(1, cores // threads_per_worker), threads_per_worker
+        if threads_per_worker is None:
+            return n_workers, max(1, cores // n_workers)
+        return n_workers, threads_per_worker
+
+    def start(self) -> Client:
+        """Start the ``LocalCluster`` (worker environment set before each worker spawns)."""
+        import dask
+        from distributed import Client, LocalCluster
+
+        # The nanny reads pre-spawn-environ when it is created, including workers added later by
+        # scale()/adapt(), so the setting stays active until close().
+        self._config = dask.config.set({"distributed.nanny.pre-spawn-environ": self.env})
+        self._config.__enter__()
+        kwargs: dict[str, Any] = {
+            "n_workers": self.n_workers,
+            "threads_per_worker": self.threads_per_worker,
+            "memory_limit": self.memory_limit,
+            "processes": self.processes,
+            "dashboard_address": self.dashboard_address,
+            **self.cluster_kwargs,
+        }
+        self.cluster = LocalCluster(**kwargs)
+        self.client = Client(self.cluster)
+        return self.client
+
+    def close(self) -> None:
+        """Close client and cluster, then restore the Dask config."""
+        try:
+            super().close()
+        finally:
+            if self._config is not None:
+                self._config.__exit__(None, None, None)
+                self._config = None
+
+
+@register_backend
+class CUDABackend(_ClientBackend):
+    """A ``dask_cuda.LocalCUDACluster``: one worker per visible GPU.
+
+    Parameters
+    ----------
+    **cluster_kwargs
+        Passed on to ``dask_cuda.LocalCUDACluster`` (e.g. ``CUDA_VISIBLE_DEVICES``,
+        ``rmm_pool_size``, ``threads_per_worker``).
+    """
+
+    kind = "cuda"
+
+    def __init__(self, **cluster_kwargs: Any) -> None:
+        super().__init__()
+        self.cluster_kwargs = cluster_kwargs
+
+    def start(self) -> Client:
+        """Start the ``LocalCUDACluster``."""
+        try:
+            from dask_cuda import LocalCUDACluster
+        except Exception as err:  # dask_cuda raises RuntimeError etc. without cuda-bindings
+            raise ImportError(
+                "xgpp.cluster('cuda') needs dask-cuda (with its CUDA bindings), which could not "
+                f"be imported ({type(err).__name__}: {err}). Install the GPU extra: "
+                "pip install 'xgpp[gpu]' (and dask-cuda's 'cu12'/'cu13' extra for your CUDA), "
+                "or use kind='local'."
+            ) from err
+        from distributed import Client
+
+        if not gpu_available():
+            raise RuntimeError(
+                "xgpp.cluster('cuda') needs a visible CUDA GPU, but NVML/torch report none "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). "
+                "Use kind='local' or kind='auto' on machines without a GPU."
+            )
+        self.cluster = LocalCUDACluster(**self.cluster_kwargs)
+        self.client = Client(self.cluster)
+        return self.client
+
+
+@register_backend
+class GatewayBackend(_ClientBackend):
+    """A new cluster from a Dask Gateway server.
+
+    Parameters
+    ----------
+    address : str, optional
+        Gateway address, e.g. ``"https://gateway.example.org"``; default from Dask config
+        ``gateway.address`` (env ``DASK_GATEWAY__ADDRESS``).
+    proxy_address : str, optional
+        Scheduler proxy address when it differs from ``address`` (``gateway://host:port``).
+    auth : str or dask_gateway.auth.GatewayAuth, optional
+        ``"basic"``, ``"kerberos"``, ``"jupyterhub"`` or an auth object; default from Dask
+        config ``gateway.auth``.
+    username, password : str, optional
+        For ``auth="basic"``.
+    n_workers : int
+        Workers to scale to once the cluster is up.
+    cluster_options : mapping, optional
+        Passed to ``Gateway.new_cluster`` (server-defined options such as worker cores).
+    """
+
+    kind = "gateway"
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        proxy_address: str | None = None,
+        auth: Any = None,
+        username: str | None = None,
+        password: str | None = None,
+        n_workers: int = 2,
+        cluster_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.address = address
+        self.proxy_address = proxy_address
+        self.auth = auth
+        self.username = username
+        self.password = password
+        self.n_workers = n_workers
+        self.cluster_options = dict(cluster_options or {})
+        self.gateway: Any = None
+
+    def _make_auth(self) -> Any:
+        from dask_gateway.auth import BasicAuth, get_auth
+
+        if self.auth == "basic" or (self.auth is None and self.password is not None):
+            return BasicAuth(self.username, self.password)
+        return get_auth(self.auth)
+
+    def start(self) -> Client:
+        """Create a gateway cluster, scale it to ``n_workers`` and connect a client."""
+        try:
+            from dask_gateway import Gateway
+        except ImportError as err:
+            raise ImportError(
+                "xgpp.cluster('gateway') needs the dask-gateway client. Install the cloud extra: "
+                "pip install 'xgpp[cloud]'."
+            ) from err
+        import aiohttp
+
+        auth = self._make_auth()
+        self.gateway = Gateway(address=self.address, proxy_address=self.proxy_address, auth=auth)
+        where = self.gateway.address
+        try:
+            self.cluster = self.gateway.new_cluster(**self.cluster_options)
+        except aiohttp.ClientResponseError as err:
+            if err.status in (401, 403):
+                raise PermissionError(
+                    f"Dask Gateway at {where} refused authentication ({err.status} "
+                    f"{err.message}) with auth type {type(auth).__name__}"
+                    + (f" for user {self.username!r}" if self.username else "")
+                    + ". Check the username/password (or token) and the auth type the gateway "
+                    "expects (basic, kerberos, jupyterhub)."
+                ) from err
+            raise ConnectionError(
+                f"Dask Gateway at {where} answered {err.status} {err.message} when creating a "
+                "cluster. Check the address and the server's logs."
+            ) from err
+        except (aiohttp.ClientConnectionError, OSError, TimeoutError) as err:
+            raise ConnectionError(
+                f"cannot reach the Dask Gateway at {where} ({type(err).__name__}: {err}). Check "
+                "the address (and proxy_address), that the server is running, and your network."
+            ) from err
+        self.cluster.scale(self.n_workers)
+        self.client = self.cluster.get_client(set_as_default=True)
+        return self.client
+
+    def close(self) -> None:
+        """Shut the gateway cluster down, then close the gateway client."""
+        try:
+            super().close()
+        finally:
+            if self.gateway is not None:
+                with contextlib.suppress(Exception):
+                    self.gateway.close()
+                self.gateway = None
+
+
+@register_backend
+class AddressBackend(_ClientBackend):
+    """Connect to an already running scheduler.
+
+    Parameters
+    ----------
+    address : str
+        Scheduler address, e.g. ``"tcp://10.0.0.5:8786"``.
+    timeout : float
+        Seconds to wait for the connection before raising (default 5).
+    """
+
+    kind = "address"
+
+    def __init__(self, *, address: str, timeout: float = 5.0) -> None:
+        super().__init__()
+        self.address = address
+        self.timeout = timeout
+
+    def start(self) -> Client:
+        """Connect; an unreachable scheduler raises ``ConnectionError`` within ``timeout``."""
+        from distributed import Client
+
+        try:
+            self.client = Client(self.address, timeout=self.timeout, set_as_default=True)
+        except (OSError, TimeoutError) as err:
+            raise ConnectionError(
+                f"no Dask scheduler answered at {self.address!r} within {self.timeout} s "
+                f"({type(err).__name__}). Check the address and port, that the scheduler is "
+                "running and reachable from here, or raise timeout=."
+            ) from err
+        return self.client
+
+
+# --------------------------------------------------------------------------- entry point
+
+_ADDRESS = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^\s/:]+:\d+/?$|^[a-z][a-z0-9+.-]*://\S+$", re.I)
+
+
+def resolve_kind(kind: str | None) -> tuple[str, dict[str, Any]]:
+    """Map ``kind`` to a key of :data:`BACKENDS` plus any options implied by it.
+
+    ``None``/``"auto"`` -> ``"cuda"`` or ``"local"``; a scheduler address such as
+    ``"tcp://host:8786"`` or ``"host:8786"`` -> ``("address", {"address": kind})``.
+    """
+    if kind is None or kind == "auto":
+        return ("cuda" if gpu_available() and _dask_cuda_importable() else "local"), {}
+    if kind in BACKENDS:
+        return kind, {}
+    if _ADDRESS.match(kind):
+        return "address", {"address": kind}
+    raise ValueError(
+        f"unknown cluster kind {kind!r}: expected one of {sorted(BACKENDS)}, 'auto', or a "
+        "scheduler address such as 'tcp://host:8786'."
+    )
+
+
+@contextlib.contextmanager
+def cluster(kind: str | None = "auto", **options: Any) -> Iterator[Client]:
+    """Start or connect to a Dask cluster and yield a ``distributed.Client``.
+
+    Client and cluster are closed on exit, also when the body raises.
+
+    Parameters
+    ----------
+    kind : str or None
+        ``"local"``, ``"cuda"``, ``"gateway"``, a scheduler address (``"tcp://host:8786"``),
+        or ``"auto"``/``None`` (``"cuda"`` when a GPU is visible and dask-cuda imports, else
+        ``"local"``).
+    **options
+        Keyword arguments of the back-end class (:class:`LocalBackend`, :class:`CUDABackend`,
+        :class:`GatewayBackend`, :class:`AddressBackend`).
+
+    Yields
+    ------
+    distributed.Client
+
+    Examples
+    --------
+    >>> with xgpp.cluster("local", n_workers=2) as client:  # doctest: +SKIP
+    ...     result = ds.gpp.predict(model).compute()
+    """
+    key, implied = resolve_kind(kind)
+    backend = BACKENDS[key](**{**implied, **options})
+    try:
+        client = backend.start()
+    except BaseException:
+        backend.close()
+        raise
+    try:
+        yield client
+    finally:
+        backend.close()
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``xgpp.cluster(...)`` call :func:`cluster` although ``xgpp.cluster`` is this module."""
+
+    def __call__(self, kind: str | None = "auto", **options: Any):
+        return cluster(kind, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule
