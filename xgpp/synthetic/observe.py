@@ -72,7 +72,8 @@ def observe_tropomi(state: dict[str, np.ndarray], times: Times, points: Points,
 
     Clear-sky retrievals per cell and step scale with cell area, step length and clear fraction
     (about 30 per 0.5-degree cell and 8 days in clear sky, from TROPOMI's 7 x 3.5 km2 pixels and
-    cloud-fraction < 0.2 filtering; Guanter et al. 2021, ESSD 13:5423).  Single-retrieval noise
+    cloud-fraction < 0.2 filtering; Guanter et al. 2021, ESSD 13:5423), and whole steps are lost
+    under persistent overcast.  Single-retrieval noise
     0.5 mW m-2 nm-1 sr-1 (ibid.), averaged over the count.  Cells with fewer than 3 retrievals
     are gaps.
     """
@@ -84,6 +85,11 @@ def observe_tropomi(state: dict[str, np.ndarray], times: Times, points: Points,
     count = np.floor(lam + u)  # stochastic rounding keeps the expected count
     noise = obs_noise(s, "tropomi_noise", times, points)
     sif = state["sif"] + 0.5 * noise / np.sqrt(np.maximum(count, 1.0))
+    # persistent overcast: cloud systems are larger than cells, so a whole step can be lost
+    # whatever the resolution; chance = cloud fraction ** (clear-sky chances, one per 2 days)
+    overcast = white_uniform(s, "tropomi_overcast", times.day_key[:, None], points.ilat[None, :],
+                             points.ilon[None, :]) < state["cloud"] ** (times.days[:, None] / 2.0)
+    count = np.where(overcast, 0.0, count)
     ok = (count >= 3) & land[None, :]
     return {"sif": np.where(ok, sif, np.nan), "sif_count": np.where(land[None, :], count, 0.0)}
 

@@ -206,14 +206,16 @@ def _sites(cfg: WorldConfig) -> xr.Dataset:
         {"gpp": (("site", "time"), data,
                  {**attrs_for("gpp"), "comment": "EC tower GPP: footprint truth with EC error",
                   "gpp_variable": "GPP_NT_VUT_REF (synthetic)"})},
-        coords={"site": ("site", sites["site"], {"long_name": "site id"}),
+        # object (variable-length UTF-8) strings: Zarr v3 has a stable spec for them, not for
+        # fixed-width unicode
+        coords={"site": ("site", sites["site"].astype(object), {"long_name": "site id"}),
                 "time": _coords(cfg, times)["time"],
                 "lat": ("site", sites["lat"], {"units": "degrees_north", "standard_name": "latitude"}),
                 "lon": ("site", sites["lon"], {"units": "degrees_east", "standard_name": "longitude"}),
-                "igbp": ("site", sites["igbp"], {"long_name": "IGBP class code of the footprint"})},
+                "igbp": ("site", sites["igbp"].astype(object), {"long_name": "IGBP class code of the footprint"})},
         attrs=_global_attrs(cfg, "sites", "eddy-covariance site records"),
     )
-    return ds.chunk({"site": -1, "time": -1})
+    return ds
 
 
 def make_world(resolution: float = 1.0, start: str = "2017-01-01", end: str = "2020-12-31",

@@ -1,0 +1,179 @@
+"""The twin world: determinism, chunk independence, plausibility, round trip, bad arguments."""
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+from xgpp.landcover import IGBP_CODES
+from xgpp.synthetic import VARIANTS, make_world, write_world
+from xgpp.variables import DRIVERS
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(resolution=4.0, start="2018-01-01", end="2019-12-31",
+                      chunks={"time": 23, "lat": 20, "lon": 30})
+
+
+@pytest.fixture(scope="module")
+def computed(world):
+    with dask.config.set(scheduler="threads"):
+        return {k: v.compute() for k, v in world.datasets.items()}
+
+
+def test_products_are_lazy_and_dask_backed(world):
+    for name, ds in world.datasets.items():
+        for v in ds.data_vars:
+            assert ds[v].chunks is not None, f"{name}.{v} is not dask-backed"
+    assert set(DRIVERS) <= set(world.drivers.data_vars)
+    assert {"igbp", "land_mask", "elevation"} <= set(world.drivers.data_vars)
+    assert world.drivers["tair"].dims == ("time", "lat", "lon")
+    assert world.drivers["tair"].attrs["units"] == "degC"
+    assert world.truth["gpp"].attrs["units"] == "gC m-2 d-1"
+    assert world.sif_tropomi["sif"].attrs["units"] == "mW m-2 nm-1 sr-1"
+    assert world.drivers.chunks["time"][0] == 23
+
+
+def test_same_seed_same_bytes_and_other_seed_differs():
+    a = make_world(resolution=5.0, start="2019-01-01", end="2019-03-31")
+    b = make_world(resolution=5.0, start="2019-01-01", end="2019-03-31")
+    c = make_world(resolution=5.0, start="2019-01-01", end="2019-03-31", seed=1)
+    ta, tb, tc = (w.truth["gpp"].values for w in (a, b, c))
+    assert ta.tobytes() == tb.tobytes()
+    assert not np.allclose(np.nan_to_num(ta), np.nan_to_num(tc))
+    xr.testing.assert_identical(a.sites.compute(), b.sites.compute())
+
+
+def test_sub_region_alone_equals_slice_of_whole(world):
+    """Chunk independence: a different chunking and a later start give the same values."""
+    other = make_world(resolution=4.0, start="2018-03-01", end="2019-12-31",
+                       chunks={"time": 7, "lat": 9, "lon": 11})
+    region = dict(time=slice("2018-06-01", "2018-09-30"), lat=slice(-30, 60), lon=slice(-100, 40))
+    for name in ("drivers", "truth", "sif_tropomi", "sif_oco2"):
+        ds_a = world.datasets[name].sel(region).compute()
+        ds_b = other.datasets[name].sel(region).compute()
+        xr.testing.assert_equal(ds_a, ds_b)
+
+
+def test_gpp_plausible(computed, world):
+    gpp = computed["truth"]["gpp"]
+    land = computed["drivers"]["land_mask"] == 1
+    assert float(gpp.min()) >= 0.0
+    assert bool(gpp.where(~land).isnull().all()), "ocean GPP must be NaN"
+    assert 5.0 < float(gpp.max()) < 40.0
+    # global annual total within the literature range (Beer et al. 2010: 123 +- 8; up to ~170)
+    area = np.cos(np.deg2rad(gpp.lat)) * (4 * 111.2e3) ** 2
+    total = float((gpp.fillna(0) * area).sum(("lat", "lon")).mean("time")) * 365 / 1e15
+    assert 90 < total < 190, total
+
+
+def test_seasonal_phase_flips_across_equator(computed):
+    gpp = computed["truth"]["gpp"]
+    month = gpp["time"].dt.month
+    north = gpp.sel(lat=slice(40, 60)).mean(("lat", "lon"))
+    south = gpp.sel(lat=slice(-40, -20)).mean(("lat", "lon"))
+    jja, djf = month.isin([6, 7, 8]), month.isin([12, 1, 2])
+    assert float(north.where(jja).mean()) > 2 * float(north.where(djf).mean())
+    assert float(south.where(djf).mean()) > float(south.where(jja).mean())
+
+
+def test_drivers_are_observed_not_true(computed):
+    """Models never see the true state: observed fAPAR differs from the state behind the truth."""
+    d = computed["drivers"]
+    assert 0.0 < float(d["fapar"].isnull().where(d.land_mask == 1).mean()) < 0.2  # VI gaps
+    assert float(d["co2"].max()) - float(d["co2"].min()) > 3.0  # rising + seasonal
+    co2_2018 = float(d["co2"].sel(time="2018").mean())
+    co2_2019 = float(d["co2"].sel(time="2019").mean())
+    assert 1.5 < co2_2019 - co2_2018 < 3.0
+
+
+def test_sif_gpp_slope_differs_between_biomes(computed):
+    sif = computed["sif_tropomi"]["sif"]
+    gpp = computed["truth"]["gpp"].sel(time=sif.time)
+    igbp = computed["drivers"]["igbp"].broadcast_like(gpp)
+    slopes = {}
+    for code in ("ENF", "GRA", "CRO", "EBF"):
+        m = (igbp == IGBP_CODES.index(code)).values & np.isfinite(sif.values) & (gpp.values > 0.5)
+        if m.sum() > 50:
+            slopes[code] = np.polyfit(sif.values[m], gpp.values[m], 1)[0]
+    assert len(slopes) >= 3, slopes
+    corr = xr.corr(sif, gpp.where(sif.notnull()))
+    assert float(corr) > 0.8
+    assert max(slopes.values()) / min(slopes.values()) > 1.2, slopes
+
+
+def test_uniform_slope_variant_changes_only_sif():
+    a = make_world(resolution=10.0, start="2019-06-01", end="2019-07-31")
+    b = make_world(resolution=10.0, start="2019-06-01", end="2019-07-31", variant="uniform_slope")
+    xr.testing.assert_equal(a.truth.compute(), b.truth.compute())
+    assert not np.allclose(np.nan_to_num(a.sif_tropomi["sif"].values),
+                           np.nan_to_num(b.sif_tropomi["sif"].values))
+    assert set(VARIANTS) >= {"default", "uniform_slope", "no_tropical_sites"}
+
+
+def test_tropomi_and_oco2_records(computed, world):
+    trop, oco = computed["sif_tropomi"], computed["sif_oco2"]
+    assert trop["time"].values[0] >= np.datetime64("2018-04-30")
+    land = computed["drivers"]["land_mask"] == 1
+    trop_cover = float(trop["sif"].notnull().where(land).mean())
+    oco_cover = float(oco["sif"].notnull().where(land).mean())
+    assert 0.2 < trop_cover < 0.95, trop_cover  # full coverage but cloud gaps
+    assert oco_cover < 0.25 * trop_cover, (oco_cover, trop_cover)  # sparse tracks
+    observed = np.isfinite(oco["sif"].values)
+    assert observed.any()
+    assert (oco["sif_count"].values[observed] >= 5).all()
+
+
+def test_sites_follow_fluxnet_bias(computed):
+    sites = computed["sites"]
+    assert sites.sizes["site"] == 200
+    assert sites["gpp"].dims == ("site", "time")
+    lat, lon = sites["lat"].values, sites["lon"].values
+    na = (lat > 25) & (lat < 55) & (lon > -130) & (lon < -60)
+    eu = (lat > 35) & (lat < 70) & (lon > -10) & (lon < 40)
+    tropics = np.abs(lat) < 23.5
+    assert (na | eu).mean() > 0.55
+    assert tropics.mean() < 0.15
+    assert set(np.unique(sites["igbp"].values)) <= set(IGBP_CODES) - {"WAT", "SNO", "BSV"}
+    # records of their own length and gaps
+    valid = np.isfinite(sites["gpp"].values)
+    lengths = valid.sum(axis=1)
+    assert lengths.min() < lengths.max()
+    assert 0.02 < 1 - valid[lengths == lengths.max()].mean() or lengths.max() < valid.shape[1]
+
+
+def test_no_tropical_sites_variant():
+    w = make_world(resolution=5.0, start="2019-01-01", end="2019-02-28", variant="no_tropical_sites",
+                   n_sites=60)
+    assert (np.abs(w.sites["lat"].values) >= 23.5).all()
+    assert w.sites.sizes["site"] > 40
+
+
+def test_zarr_round_trip_keeps_values_and_attributes(tmp_path):
+    w = make_world(resolution=10.0, start="2019-01-01", end="2019-12-31", n_sites=20)
+    write_world(tmp_path / "w", w, progress=False)
+    for name, ds in w.datasets.items():
+        back = xr.open_zarr(tmp_path / "w" / f"{name}.zarr", consolidated=False)
+        xr.testing.assert_identical(back.compute(), ds.compute())
+        assert back.attrs["world_config"] == w.config.to_json()
+    assert (tmp_path / "w" / "catalog.yaml").exists()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"resolution": 0.7}, "does not divide 180"),
+    ({"start": "2020-01-01", "end": "2019-01-01"}, "before start"),
+    ({"freq": "3H"}, "freq"),
+    ({"variant": "martian"}, "unknown world variant"),
+    ({"sif_slope": "magic"}, "sif_slope"),
+])
+def test_bad_arguments_give_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_world(**kwargs)
+
+
+def test_unknown_variable_is_a_clear_error(world):
+    from xgpp.variables import get_variable
+
+    with pytest.raises(KeyError, match="unknown variable 'gpp_total'"):
+        get_variable("gpp_total")
