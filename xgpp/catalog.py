@@ -1,0 +1,477 @@
+"""Intake 2 catalogs of xgpp's Zarr cubes, and one opener for names and URLs.
+
+Every cube is a Zarr (v3) store opened lazily with xarray: dask-backed, chunked as stored.
+
+Catalog files
+-------------
+``write_catalog(root)`` writes ``ROOT/catalog.yaml`` with one entry per store ``ROOT/<name>.zarr``.
+Entries point at ``{CATALOG_DIR}/<name>.zarr``, which intake 2 fills in with the folder the YAML
+was read from, so a world folder can be moved or copied (to S3, say) without rewriting it.  Their
+``storage_options`` are ``{STORAGE_OPTIONS}``: whatever options the catalog was opened with
+(credentials are never written into catalogs).
+
+Packaged catalogs live in the repository's top-level ``catalogs/`` folder:
+
+``twin_world``
+    The default (``open_catalog()``): the twin world in the local folder ``XGPP_DATA``
+    (environment variable; default ``./xgpp-data``, resolved against the working directory when
+    the catalog is opened).
+``twin_world_s3``
+    The same cubes under ``XGPP_S3_ROOT`` (default ``s3://xgpp/twin-world``) with
+    ``endpoint_url`` from ``XGPP_S3_ENDPOINT`` (unset: AWS), ``anon`` from ``XGPP_S3_ANON``
+    and credentials from the usual AWS environment (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``...).
+``twin_world_gcs``
+    The same cubes under ``XGPP_GCS_ROOT`` (default ``gs://xgpp/twin-world``); ``token`` from
+    ``XGPP_GCS_TOKEN`` (default ``google_default``; ``anon`` for public buckets).
+
+Every catalog-level parameter (``XGPP_DATA``, ``XGPP_S3_ROOT``, ...) is taken from the
+environment variable of the same name when set, and from keyword arguments of
+:func:`open_catalog` above all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+    from intake.readers.entry import Catalog
+
+__all__ = [
+    "CATALOG_FILE",
+    "PACKAGED_CATALOGS",
+    "STORES",
+    "build_catalog",
+    "catalogs_dir",
+    "entry_location",
+    "list_entries",
+    "open_catalog",
+    "open_cube",
+    "write_catalog",
+]
+
+#: File name of a world folder's catalog.
+CATALOG_FILE = "catalog.yaml"
+
+#: The twin world's stores (``ROOT/<name>.zarr``) and what each holds.
+STORES: dict[str, str] = {
+    "drivers": "gridded meteorological drivers, vegetation indices and static fields "
+    "(time, lat, lon)",
+    "truth": "true gross primary productivity of the twin world (time, lat, lon)",
+    "sif_tropomi": "TROPOMI-like SIF, gridded, with retrieval counts (time, lat, lon)",
+    "sif_oco2": "OCO-2-like sparse SIF soundings gridded to the cube (time, lat, lon)",
+    "sites": "flux-tower sites: eddy-covariance GPP (site, time) with site lat, lon, IGBP",
+}
+
+#: Packaged catalog name -> (file in ``catalogs/``, description).
+PACKAGED_CATALOGS: dict[str, str] = {
+    "twin_world": "twin world in the local folder XGPP_DATA (default ./xgpp-data)",
+    "twin_world_s3": "twin world on S3 under XGPP_S3_ROOT (endpoint XGPP_S3_ENDPOINT)",
+    "twin_world_gcs": "twin world on Google Cloud Storage under XGPP_GCS_ROOT",
+}
+
+_DEFAULT = "twin_world"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def catalogs_dir() -> Path:
+    """The repository's ``catalogs/`` folder (xgpp is installed editable: ``pip install -e .``)."""
+    path = Path(__file__).resolve().parents[1] / "catalogs"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"xgpp's packaged catalogs are read from {path}, which does not exist. They ship in "
+            "the repository's top-level catalogs/ folder: install xgpp from a checkout with "
+            "`pip install -e .`, or pass a catalog path or URL to open_catalog()."
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- building catalogs
+
+
+def _entry(location: str, name: str, storage_options: Any, description: str):
+    """One ``XArrayDatasetReader`` over a Zarr store ``location/<name>.zarr``."""
+    from intake.readers.datatypes import Zarr
+    from intake.readers.readers import XArrayDatasetReader
+
+    data = Zarr(url=f"{location}/{name}.zarr", storage_options=storage_options)
+    return XArrayDatasetReader(
+        data,
+        engine="zarr",
+        chunks={},
+        consolidated=False,
+        metadata={"description": description, "store": f"{name}.zarr"},
+    )
+
+
+def build_catalog(
+    location: str = "{CATALOG_DIR}",
+    names: Iterable[str] = tuple(STORES),
+    *,
+    storage_options: Any = "{STORAGE_OPTIONS}",
+    user_parameters: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Catalog:
+    """Build an intake 2 catalog with one lazy Zarr entry per store.
+
+    Parameters
+    ----------
+    location : str
+        Folder (or template such as ``"{CATALOG_DIR}"`` or ``"{XGPP_S3_ROOT}"``) holding the
+        ``<name>.zarr`` stores.
+    names : iterable of str
+        Store names; descriptions come from :data:`STORES` where known.
+    storage_options : dict or str
+        fsspec options of every entry, or a template (default ``"{STORAGE_OPTIONS}"``: the options
+        the catalog is opened with).
+    user_parameters : mapping, optional
+        Catalog-level intake user parameters (name -> ``BaseUserParameter``).
+    metadata : mapping, optional
+        Catalog metadata.
+
+    Returns
+    -------
+    intake.readers.entry.Catalog
+    """
+    from intake.readers.entry import Catalog
+
+    names = list(names)
+    if not names:
+        raise ValueError("a catalog needs at least one store name; got none.")
+    cat = Catalog(
+        metadata={"xgpp": {"stores": names}, **dict(metadata or {})},
+        user_parameters=dict(user_parameters or {}),
+    )
+    for name in names:
+        description = STORES.get(name, f"xgpp cube {name}")
+        cat.add_entry(_entry(location, name, storage_options, description), name=name)
+    return cat
+
+
+def write_catalog(
+    root_url: str,
+    names: Iterable[str] = ("drivers", "truth", "sif_tropomi", "sif_oco2", "sites"),
+    storage_options: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Write ``ROOT/catalog.yaml`` listing the stores ``ROOT/<name>.zarr``.
+
+    Entries refer to ``{CATALOG_DIR}/<name>.zarr``, so the folder can be moved or copied as a
+    whole; their storage options are those given to :func:`open_catalog` (none are stored).
+
+    Parameters
+    ----------
+    root_url : str
+        World folder: local path or fsspec URL (``s3://bucket/world``, ``memory://world``).
+    names : iterable of str
+        Stores to list.
+    storage_options : mapping, optional
+        fsspec options used to *write* the YAML (e.g. S3 endpoint and credentials).
+    extra : mapping, optional
+        JSON/YAML-safe metadata recorded in the catalog (e.g. the ``WorldConfig`` as a dict).
+
+    Returns
+    -------
+    str
+        URL (or local path) of the written ``catalog.yaml``.
+    """
+    root = _strip_slash(root_url)
+    cat = build_catalog("{CATALOG_DIR}", names, metadata=dict(extra or {}))
+    url = f"{root}/{CATALOG_FILE}"
+    try:
+        cat.to_yaml_file(url, **dict(storage_options or {}))
+    except Exception as err:  # noqa: BLE001 - yaml/fsspec raise many kinds; re-raise with context
+        raise OSError(
+            f"could not write the catalog {url} ({type(err).__name__}: {err}). Check that "
+            f"{root} is writable with the given storage_options, and that `extra` holds only "
+            "plain values (str, numbers, lists, dicts)."
+        ) from err
+    return url
+
+
+def _regenerate_packaged_catalogs(folder: Path | None = None) -> list[Path]:
+    """(Re)write the YAML files of :data:`PACKAGED_CATALOGS` (kept in sync by a test)."""
+    from intake.readers.user_parameters import SimpleUserParameter
+
+    folder = folder or catalogs_dir()
+    sup = SimpleUserParameter
+    specs: dict[str, tuple[str, Any, dict]] = {
+        "twin_world": (
+            "{XGPP_DATA}",
+            None,
+            {"XGPP_DATA": sup(dtype=str, default="./xgpp-data",
+                              description="local folder holding the twin world's <name>.zarr")},
+        ),
+        "twin_world_s3": (
+            "{XGPP_S3_ROOT}",
+            {"anon": "{XGPP_S3_ANON}", "endpoint_url": "{env(XGPP_S3_ENDPOINT)}"},
+            {"XGPP_S3_ROOT": sup(dtype=str, default="s3://xgpp/twin-world",
+                                 description="S3 prefix holding the twin world's <name>.zarr"),
+             "XGPP_S3_ANON": sup(dtype=bool, default=False,
+                                 description="anonymous (unsigned) access to a public bucket")},
+        ),
+        "twin_world_gcs": (
+            "{XGPP_GCS_ROOT}",
+            {"token": "{XGPP_GCS_TOKEN}"},
+            {"XGPP_GCS_ROOT": sup(dtype=str, default="gs://xgpp/twin-world",
+                                  description="GCS prefix holding the twin world's <name>.zarr"),
+             "XGPP_GCS_TOKEN": sup(dtype=str, default="google_default",
+                                   description="gcsfs token: google_default, anon, cloud, or a "
+                                               "service-account JSON path")},
+        ),
+    }
+    written = []
+    for name, (location, options, ups) in specs.items():
+        cat = build_catalog(location, storage_options=options, user_parameters=ups,
+                            metadata={"description": PACKAGED_CATALOGS[name]})
+        path = folder / f"{name}.yaml"
+        cat.to_yaml_file(str(path))
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- opening catalogs
+
+
+def _strip_slash(url: str) -> str:
+    url = os.fspath(url)
+    return url.rstrip("/") if not url.endswith("://") else url
+
+
+def _catalog_url(path: str | os.PathLike | None) -> str:
+    if path is None:
+        path = _DEFAULT
+    path = os.fspath(path)
+    if path in PACKAGED_CATALOGS:
+        return str(catalogs_dir() / f"{path}.yaml")
+    if path.endswith((".yaml", ".yml")):
+        return path
+    return f"{_strip_slash(path)}/{CATALOG_FILE}"  # a world folder
+
+
+def _coerce_parameter(up: Any, value: Any, name: str) -> Any:
+    """Coerce an environment/keyword value to the user parameter's type (strict for bool)."""
+    dtype = getattr(up, "dtype", None)
+    if dtype == "bool" and isinstance(value, str):
+        low = value.strip().lower()
+        if low in _TRUE | _FALSE:
+            return low in _TRUE
+        raise ValueError(
+            f"catalog parameter {name} must be a boolean; got {value!r}. Use one of "
+            f"{sorted(_TRUE)} or {sorted(_FALSE - {''})}."
+        )
+    coerce = getattr(up, "coerce", None)
+    return coerce(value) if coerce is not None else value
+
+
+def open_catalog(
+    path: str | os.PathLike | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    **parameters: Any,
+) -> Catalog:
+    """Open an intake 2 catalog of xgpp cubes.
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        ``None`` (the packaged ``twin_world`` catalog, folder ``XGPP_DATA``), a packaged
+        catalog name (``"twin_world_s3"``...), a ``catalog.yaml`` path/URL, or a world folder
+        (``s3://bucket/world`` means ``s3://bucket/world/catalog.yaml``).
+    storage_options : mapping, optional
+        fsspec options for reading the YAML; entries written by :func:`write_catalog` use them
+        for their stores too.
+    **parameters
+        Values for catalog-level parameters (e.g. ``XGPP_DATA="/data/world"``); these override
+        environment variables of the same name, which override the catalog's defaults.
+
+    Returns
+    -------
+    intake.readers.entry.Catalog
+        ``list(cat.entries)`` names the cubes; see :func:`open_cube`.
+    """
+    import intake
+
+    url = _catalog_url(path)
+    options = dict(storage_options or {})
+    try:
+        cat = intake.from_yaml_file(url, **options)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"no catalog at {url}. Write one with xgpp.catalog.write_catalog(root) (done by "
+            f"xgpp.write_world), or pass a packaged catalog name: {sorted(PACKAGED_CATALOGS)}."
+        ) from err
+    except Exception as err:  # noqa: BLE001 - fsspec backends raise their own error types
+        raise OSError(
+            f"could not read the catalog {url} ({type(err).__name__}: {err}). Check the URL "
+            "and storage_options (endpoint_url, credentials, anon)."
+        ) from err
+
+    overrides: dict[str, Any] = {}
+    for name, up in cat.user_parameters.items():
+        if name in ("CATALOG_DIR", "CATALOG_PATH", "STORAGE_OPTIONS"):
+            continue
+        if name in parameters:
+            overrides[name] = _coerce_parameter(up, parameters.pop(name), name)
+        elif name in os.environ:
+            overrides[name] = _coerce_parameter(up, os.environ[name], name)
+    if parameters:
+        known = sorted(k for k in cat.user_parameters if not k.startswith(("CATALOG_", "STOR")))
+        raise TypeError(
+            f"unknown catalog parameter(s) {sorted(parameters)} for {url}; it takes {known}."
+        )
+    if "XGPP_DATA" in cat.user_parameters:
+        data = overrides.get("XGPP_DATA", cat.user_parameters["XGPP_DATA"].default)
+        if "://" not in data:  # a local folder: pin it now, not at each later chdir
+            overrides["XGPP_DATA"] = str(Path(data).expanduser().resolve())
+    return cat(**overrides) if overrides else cat
+
+
+def list_entries(catalog: Catalog) -> list[str]:
+    """Entry names of ``catalog`` (sorted)."""
+    return sorted(set(catalog.entries) | set(catalog.aliases))
+
+
+def entry_location(catalog: Catalog, name: str) -> tuple[str, dict[str, Any]]:
+    """Resolved ``(url, storage_options)`` of a catalog entry's Zarr store."""
+    reader = _reader(catalog, name)
+    data = _reader_data(reader)
+    options = {k: v for k, v in dict(data.storage_options or {}).items() if v is not None}
+    return data.url, options
+
+
+def _reader(catalog: Catalog, name: str):
+    if name not in catalog.entries and name not in catalog.aliases:
+        where = catalog.user_parameters.get("CATALOG_PATH")
+        where = getattr(where, "default", where) or "the catalog"
+        raise KeyError(
+            f"no entry {name!r} in {where}; available entries: {list_entries(catalog)}. "
+            "Pass one of these, or a Zarr URL (path, s3://, gs://, memory://)."
+        )
+    return catalog[name]
+
+
+def _reader_data(reader):
+    from intake.readers.datatypes import FileData
+
+    args = reader.kwargs.get("args", ())
+    for value in [*args, reader.kwargs.get("data")]:
+        if isinstance(value, FileData):
+            return value
+    raise TypeError(
+        f"catalog entry reader {type(reader).__name__} has no file-based data (kwargs "
+        f"{sorted(reader.kwargs)}); xgpp.open_cube opens entries over Zarr stores only."
+    )
+
+
+# --------------------------------------------------------------------------- opening cubes
+
+
+def _is_url(text: str) -> bool:
+    """Entry names are plain words; anything with a path separator, scheme or .zarr is a URL."""
+    return "://" in text or "/" in text or os.sep in text or text.rstrip("/").endswith(".zarr")
+
+
+def _probe_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
+    """Check that ``url`` holds a Zarr group; return whether its metadata is consolidated."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        root = root.rstrip("/")
+        try:
+            meta = json.loads(fs.cat_file(f"{root}/zarr.json"))
+        except FileNotFoundError:
+            if fs.exists(f"{root}/.zmetadata"):
+                return True
+            if fs.exists(f"{root}/.zgroup"):
+                return False
+            raise
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"no Zarr store at {url}: neither zarr.json (Zarr v3) nor .zgroup (v2) exists there. "
+            "Check the path (cubes are ROOT/<name>.zarr) or write the world first with "
+            "xgpp.write_world(root, ...)."
+        ) from err
+    except ImportError as err:
+        raise ImportError(
+            f"opening {url} needs the fsspec backend for its protocol ({err}). Install the cloud "
+            "extra: pip install 'xgpp[cloud]' (s3fs, gcsfs)."
+        ) from err
+    except Exception as err:  # noqa: BLE001 - backends raise ClientError, OSError, timeouts...
+        raise OSError(
+            f"cannot read the Zarr store at {url} ({type(err).__name__}: {err}). Check that the "
+            "endpoint is reachable and the storage_options (endpoint_url, key/secret, anon, "
+            "token) are right."
+        ) from err
+    if meta.get("node_type") != "group":
+        raise ValueError(
+            f"{url} is a Zarr {meta.get('node_type', 'node')}, not a group; an xgpp cube is a "
+            "Zarr group holding one array per variable."
+        )
+    return meta.get("consolidated_metadata") is not None
+
+
+def _open_zarr(url: str, storage_options: Mapping[str, Any]) -> xr.Dataset:
+    import xarray as xr
+
+    options = dict(storage_options)
+    consolidated = _probe_zarr(url, options)
+    kwargs: dict[str, Any] = {"engine": "zarr", "chunks": {}, "consolidated": consolidated}
+    if options and "://" in url and not url.startswith("file://"):
+        kwargs["storage_options"] = options
+    return xr.open_dataset(url, **kwargs)
+
+
+def open_cube(
+    name_or_url: str | os.PathLike,
+    *,
+    catalog: Catalog | str | os.PathLike | None = None,
+    **storage_options: Any,
+) -> xr.Dataset:
+    """Open a cube lazily: a catalog entry name or a Zarr URL -> dask-backed ``xr.Dataset``.
+
+    Parameters
+    ----------
+    name_or_url : str or path-like
+        An entry of ``catalog`` (``"drivers"``, ``"truth"``, ``"sif_tropomi"``, ``"sif_oco2"``,
+        ``"sites"``) or a Zarr store: local path, ``s3://``, ``gs://``, ``memory://`` URL.
+    catalog : Catalog or str, optional
+        Catalog object or anything :func:`open_catalog` accepts; default the packaged
+        ``twin_world`` catalog.  Not used for URLs.
+    **storage_options
+        fsspec options: for a URL, those of the store; for an entry, they update the entry's
+        (e.g. ``endpoint_url=...``).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed, chunked as stored; nothing is computed.
+
+    Raises
+    ------
+    KeyError
+        Unknown entry (the message lists the catalog's entries).
+    FileNotFoundError
+        No Zarr store at the URL.
+    OSError
+        The store cannot be reached or read.
+    """
+    target = os.fspath(name_or_url)
+    if _is_url(target):
+        return _open_zarr(target, storage_options)
+    cat = catalog if hasattr(catalog, "entries") else open_catalog(catalog)
+    url, options = entry_location(cat, target)
+    options.update(storage_options)
+    try:
+        return _open_zarr(url, options)
+    except (FileNotFoundError, OSError) as err:
+        raise type(err)(
+            f"catalog entry {target!r} points to {url}, which cannot be opened: {err} "
+            f"(available entries: {list_entries(cat)})"
+        ) from err
