@@ -126,10 +126,10 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
                          f"{dup.iloc[0]} ({len(dup)} duplicates); each period must appear once.")
     counts = {"values": 0, "missing": 0, "qc": 0}
     out = {}
-    qc = pd.to_numeric(df[_QC], errors="coerce").to_numpy(float)
+    qc = pd.to_numeric(df[_QC], errors="coerce").to_numpy(float, copy=True)
     qc[qc <= -9999] = np.nan
     for name, (col, units) in columns.items():
-        v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(float, copy=True)
         missing_v = ~np.isfinite(v) | (v <= -9999)
         v[missing_v] = np.nan
         if name == "gpp":
@@ -217,7 +217,13 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
                          f"{sorted(COLUMNS)}.")
     urls = expand_paths(paths, suffixes=(".csv",), what="FLUXNET CSV")
     table = _load_sites(sites) if sites is not None else None
-    infos = {u: parse_fluxnet_name(u) for u in urls}
+    skipped = [u for u in urls if not _NAME.match(basename(u))]
+    if len(skipped) == len(urls):
+        parse_fluxnet_name(urls[0])  # raises with the naming rule
+    if skipped:
+        log.warning("read_fluxnet skipped %d file(s) not named like FLUXNET CSVs: %s",
+                    len(skipped), [basename(u) for u in skipped])
+    infos = {u: parse_fluxnet_name(u) for u in urls if u not in skipped}
     by_site: dict[str, str] = {}
     for u, info in infos.items():
         if info.site in by_site:
@@ -279,6 +285,7 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
     if "ppfd" in ds:
         ds["ppfd"].attrs["comment"] = f"SW_IN_F x {SW_TO_PPFD} umol J-1 (Meek et al. 1984)"
     ds.attrs.update({"source": "FLUXNET", "time_step": freq, "min_coverage": min_coverage,
+                     "skipped_files": ", ".join(basename(u) for u in skipped),
                      "qc_rule": "HH/HR: NEE_VUT_REF_QC <= threshold (default 1); DD/WW/MM: "
                                 "NEE_VUT_REF_QC (good-data fraction) >= threshold (default 0.5)"})
     return ds
