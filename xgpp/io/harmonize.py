@@ -167,7 +167,7 @@ def _regrid(ds: xr.Dataset, target: Grid) -> xr.Dataset:
     weighted = "sif" in spatial and "sif_count" in spatial
 
     def coarse_sum(x: xr.DataArray) -> xr.DataArray:
-        return x.coarsen(lat=kl, lon=ko, boundary="exact").sum(skipna=True)
+        return x.coarsen(lat=kl, lon=ko, boundary="exact").sum()
 
     for name in spatial:
         x = ds[name]
