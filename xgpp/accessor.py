@@ -1,8 +1,17 @@
-"""The ``ds.gpp`` accessor: a thin, stateless front door over plain functions."""
+"""The ``ds.gpp`` accessor: a thin, stateless front door over plain functions.
+
+Every method is a few lines that call a function in :mod:`xgpp.predict` or :mod:`xgpp.train`;
+the same work is possible without the accessor.  Because the accessor is named ``gpp``, a
+variable called ``gpp`` is reached with ``ds["gpp"]``, not ``ds.gpp``.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import xarray as xr
+
+__all__ = ["GPPDatasetAccessor"]
 
 
 @xr.register_dataset_accessor("gpp")
@@ -13,3 +22,41 @@ class GPPDatasetAccessor:
 
     def __init__(self, ds: xr.Dataset) -> None:
         self._obj = ds
+
+    def check(self, model: Any) -> None:
+        """Raise a clear error if this dataset cannot feed ``model`` (variables, units, grid)."""
+        from xgpp.predict import check_inputs
+
+        check_inputs(self._obj, model)
+
+    def predict(self, model: Any, *, batch_size: int = 262_144, device: str = "auto",
+                outputs: list[str] | None = None) -> xr.Dataset:
+        """Lazy prediction of every model output on this grid; see :func:`xgpp.predict.predict`."""
+        from xgpp.predict import predict
+
+        return predict(self._obj, model, batch_size=batch_size, device=device, outputs=outputs)
+
+    def to_zarr(self, model: Any, url: str, *, storage_options: dict | None = None,
+                batch_size: int = 262_144, device: str = "auto", outputs: list[str] | None = None,
+                overwrite: bool = False, progress: bool = True) -> str:
+        """Predict and stream to a Zarr store, resumably; see :func:`xgpp.predict.write_prediction`."""
+        from xgpp.predict import write_prediction
+
+        return write_prediction(self._obj, model, url, storage_options=storage_options,
+                                batch_size=batch_size, device=device, outputs=outputs,
+                                overwrite=overwrite, progress=progress)
+
+    def train(self, *, sites: xr.Dataset | None = None, sif: xr.Dataset | None = None,
+              method: str = "siftml", **options: Any) -> Any:
+        """Train a model with this dataset as the driver cube; see :func:`xgpp.train.train`."""
+        from xgpp.train import train
+
+        return train(self._obj, sites=sites, sif=sif, method=method, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names the accessor does not define: teach instead of a bare error
+        if "gpp" in self._obj.data_vars and hasattr(xr.DataArray, name):
+            raise AttributeError(
+                f"ds.gpp is xgpp's accessor and hides the variable 'gpp': use ds['gpp'].{name}"
+            )
+        raise AttributeError(f"'ds.gpp' accessor has no attribute {name!r}")

@@ -1,0 +1,325 @@
+"""Streaming inference: apply a trained model to a (lazy) driver cube, chunk by chunk.
+
+Layers: :func:`_predict_block` is the numpy/torch kernel for one chunk; :func:`predict` is the
+xarray/dask wrapper returning a lazy Dataset; :func:`write_prediction` streams it to Zarr,
+resumably.  ``ds.gpp.predict`` and ``xgpp predict`` are thin front doors over these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from xgpp._version import __version__
+from xgpp.models.base import Model
+
+__all__ = ["check_inputs", "predict", "resolve_device", "write_prediction"]
+
+_DIMS = ("time", "lat", "lon")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible to torch, else ``"cpu"``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_inputs(ds: xr.Dataset, model: Model) -> tuple[list[str], list[str]]:
+    """Check ``ds`` against the model before any compute; return (time-varying, static) inputs.
+
+    Raises a clear error for a missing input, wrong units or dims (from ``model.check``), a grid
+    that is not xgpp's convention (descending latitude, longitudes in 0..360), or time-varying
+    inputs whose dask chunks do not line up.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"predict needs an xarray.Dataset of drivers, got {type(ds).__name__}.")
+    model.check(ds)
+    for dim in ("lat", "lon"):
+        if dim not in ds.dims:
+            raise ValueError(f"dataset has no {dim!r} dimension; xgpp grids are (time, lat, lon).")
+    lat, lon = ds["lat"].values, ds["lon"].values
+    if lat.size > 1 and not np.all(np.diff(lat) > 0):
+        raise ValueError(
+            "latitude must be ascending (south to north); found "
+            f"lat[0]={lat[0]:g}, lat[-1]={lat[-1]:g}. Flip it with ds.sortby('lat') or "
+            "xgpp.io.harmonize(ds)."
+        )
+    if lon.size and (lon.max() > 180.0 or lon.min() < -180.0):
+        raise ValueError(
+            f"longitudes must lie in -180..180; found {lon.min():g}..{lon.max():g} (0..360 "
+            "convention?). Convert with xgpp.io.harmonize(ds)."
+        )
+    varying = [n for n in model.inputs if "time" in ds[n].dims]
+    static = [n for n in model.inputs if "time" not in ds[n].dims]
+    if not varying:
+        raise ValueError(f"none of the model inputs {list(model.inputs)} has a time dimension.")
+    for n in varying:
+        if ds[n].dims != _DIMS:
+            raise ValueError(f"variable {n!r} has dims {ds[n].dims}, expected {_DIMS}; "
+                             f"use ds[{n!r}].transpose('time', 'lat', 'lon').")
+    chunked = [n for n in varying if ds[n].chunks is not None]
+    if chunked:
+        ref = ds[chunked[0]].chunks
+        for n in chunked[1:]:
+            if ds[n].chunks != ref:
+                raise ValueError(
+                    f"inputs {chunked[0]!r} and {n!r} have misaligned chunks "
+                    f"({_fmt_chunks(ref)} vs {_fmt_chunks(ds[n].chunks)}); every time-varying "
+                    "input must share one chunking. Rechunk with ds.chunk({'time': T, 'lat': Y, "
+                    "'lon': X}) or ds.unify_chunks()."
+                )
+    return varying, static
+
+
+def _fmt_chunks(chunks: tuple) -> str:
+    return "x".join(str(c[0]) for c in chunks)
+
+
+# ----------------------------------------------------------------------------- kernel
+_THREADS_LOCK = threading.Lock()
+_THREADS_SET: list[int] = []
+
+
+def _limit_torch_threads() -> None:
+    """One torch thread per dask thread: dask supplies the parallelism, so cores are not
+    oversubscribed (set once per process)."""
+    if _THREADS_SET:
+        return
+    with _THREADS_LOCK:
+        if _THREADS_SET:
+            return
+        import torch
+
+        try:
+            from distributed import get_worker
+
+            pool = get_worker().state.nthreads
+        except (ImportError, ValueError):
+            pool = dask.config.get("num_workers", None) or os.cpu_count() or 1
+        n = max(1, (os.cpu_count() or 1) // max(1, int(pool)))
+        torch.set_num_threads(n)
+        _THREADS_SET.append(n)
+
+
+def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns: list[int],
+                   device: str, batch_size: int, lat: np.ndarray, lon: np.ndarray,
+                   block_info: Any = None) -> np.ndarray:
+    """Kernel for one chunk.
+
+    ``blocks`` are the time-varying inputs (time, lat, lon), the static ones (lat, lon), and
+    last the model.  Returns (output, time, lat, lon) float32, NaN where an input is missing.
+    """
+    _limit_torch_threads()
+    *arrays, model = blocks
+    shape = arrays[0].shape
+    loc = block_info[0]["array-location"] if block_info else [(0, s) for s in shape]
+    (y0, y1), (x0, x1) = loc[1], loc[2]
+    nv = len(varying)
+    data = {n: (_DIMS, b) for n, b in zip(varying, arrays[:nv], strict=True)}
+    data |= {n: (("lat", "lon"), b) for n, b in zip(static, arrays[nv:], strict=True)}
+    chunk = xr.Dataset(data, coords={"lat": lat[y0:y1], "lon": lon[x0:x1]})
+    out = np.full((len(columns), *shape), np.nan, dtype=np.float32)
+    x, valid = model.features(chunk, return_mask=True)
+    if x.shape[0]:
+        y = model.predict_numpy(x, device=device, batch_size=batch_size)
+        flat = out.reshape(len(columns), -1)
+        for k, c in enumerate(columns):
+            flat[k, valid] = y[:, c]
+    return out
+
+
+def predict(ds: xr.Dataset, model: Model, *, batch_size: int = 262_144, device: str = "auto",
+            outputs: list[str] | None = None) -> xr.Dataset:
+    """Apply ``model`` to every (time, lat, lon) pixel of ``ds``, lazily.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Driver cube with the model's inputs in canonical units (``model.inputs``); dask-backed
+        data stay lazy and are streamed chunk by chunk.
+    model : Model
+        A trained model (``xgpp.load_model(path)``).
+    batch_size : int
+        Rows per forward pass inside a chunk.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    outputs : list of str, optional
+        Subset of ``model.outputs`` to return (default: all, e.g. ``gpp`` and ``sif``).
+
+    Returns
+    -------
+    xarray.Dataset
+        One float32 variable per output on the input's grid and time axis, NaN where any input
+        is missing (ocean costs no model time), with CF attributes and provenance.
+    """
+    varying, static = check_inputs(ds, model)
+    names = list(model.outputs)
+    wanted = names if outputs is None else list(outputs)
+    unknown = [o for o in wanted if o not in names]
+    if unknown:
+        raise ValueError(f"model {model.id} has outputs {names}; {unknown} requested.")
+    columns = [names.index(o) for o in wanted]
+    dev = resolve_device(device)
+
+    ref = ds[varying[0]]
+    arrays = [da.asarray(ds[n].data) for n in varying]
+    if ref.chunks is None:  # in-memory data: one block
+        arrays = [a.rechunk(-1) for a in arrays]
+    chunks = arrays[0].chunks
+    # static (lat, lon) fields: map_blocks broadcasts them along the time blocks
+    statics = [da.asarray(ds[n].transpose("lat", "lon").data).rechunk(chunks[1:]) for n in static]
+    # the model enters the graph once, as one key: each worker receives it once
+    model_key = dask.delayed(model, pure=True, name=f"xgpp-model-{model.sha256[:16]}")
+    lat, lon = ds["lat"].values, ds["lon"].values
+    out = da.map_blocks(
+        _predict_block, *arrays, *statics, model_key,
+        varying=varying, static=static, columns=columns, device=dev, batch_size=batch_size,
+        lat=lat, lon=lon, new_axis=0, chunks=((len(columns),), *chunks), dtype=np.float32,
+        meta=np.empty((0, 0, 0, 0), np.float32),
+        name="xgpp-predict-" + dask.base.tokenize(model.sha256, varying, static, columns,
+                                                   [a.name for a in arrays + statics]),
+    )
+    attrs = {
+        "xgpp_model_id": model.id,
+        "xgpp_model_sha256": model.sha256,
+        "xgpp_model_inputs": json.dumps(list(model.inputs)),
+        "xgpp_version": __version__,
+        "source": f"xgpp.predict with model {model.id}",
+    }
+    result = xr.Dataset(
+        {o: (_DIMS, out[k], {**model.outputs[o], "xgpp_model_id": model.id})
+         for k, o in enumerate(wanted)},
+        coords={c: ds[c] for c in _DIMS if c in ds.coords},
+        attrs={**{k: v for k, v in ds.attrs.items() if k in ("Conventions",)}, **attrs},
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------- resumable write
+def _fingerprint(result: xr.Dataset, model: Model) -> str:
+    import hashlib
+
+    t = result["time"].values
+    desc = {
+        "model": model.sha256, "outputs": list(result.data_vars),
+        "inputs": list(model.inputs),
+        "time": [str(t[0]), str(t[-1]), int(t.size)] if t.size else [],
+        "lat": [float(result.lat[0]), float(result.lat[-1]), int(result.lat.size)],
+        "lon": [float(result.lon[0]), float(result.lon[-1]), int(result.lon.size)],
+        "chunks": {k: list(v) for k, v in result.chunks.items()},
+    }
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+
+
+def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options: dict | None = None,
+                     batch_size: int = 262_144, device: str = "auto",
+                     outputs: list[str] | None = None, overwrite: bool = False,
+                     progress: bool = True) -> str:
+    """Predict and stream the result to a Zarr v3 store, resumably.
+
+    The store is written one time slab (one row of chunks) at a time; each finished slab is
+    recorded in the store's ``xgpp_done_slabs`` attribute.  Run again with the same arguments after an
+    interruption and the finished slabs are skipped; the result is identical to an
+    uninterrupted run.  The store's ``xgpp_complete`` attribute turns true only when every chunk
+    is written, so a half-written store is never presented as complete.
+
+    Parameters
+    ----------
+    ds, model, batch_size, device, outputs
+        As for :func:`predict`.
+    url : str
+        Target store (local path or fsspec URL).
+    storage_options : dict, optional
+        fsspec options for the target.
+    overwrite : bool
+        Replace a store written by a different run (other model, grid or chunks).
+    progress : bool
+        Show a progress bar over slabs.
+
+    Returns
+    -------
+    str
+        ``url``.
+    """
+    import fsspec
+    import zarr
+
+    result = predict(ds, model, batch_size=batch_size, device=device, outputs=outputs)
+    fp = _fingerprint(result, model)
+    opts = storage_options or {}
+    fs, root = fsspec.core.url_to_fs(url, **opts)
+    done: set[int] | None = None
+    if fs.exists(f"{root}/zarr.json"):
+        attrs = dict(zarr.open_group(url, mode="r", storage_options=opts or None).attrs)
+        if attrs.get("xgpp_fingerprint") == fp:
+            if attrs.get("xgpp_complete"):
+                return url
+            done = set(attrs.get("xgpp_done_slabs", []))
+        elif not overwrite:
+            raise FileExistsError(
+                f"{url} already holds a store that is not this prediction (other model, grid "
+                "or chunks). Choose another output, or pass overwrite=True (--overwrite) to "
+                "replace it."
+            )
+    if done is None:
+        init = result.copy()
+        init.attrs.update(xgpp_fingerprint=fp, xgpp_complete=False, xgpp_done_slabs=[])
+        init.to_zarr(url, mode="w", compute=False, zarr_format=3, consolidated=False,
+                     storage_options=opts or None)
+        done = set()
+    group = zarr.open_group(url, mode="r+", storage_options=opts or None)
+
+    tchunks = result.chunks["time"]
+    edges = np.concatenate([[0], np.cumsum(tchunks)]).astype(int)
+    todo = [i for i in range(len(tchunks)) if i not in done]
+    body = result.drop_vars(["lat", "lon"])
+    writes = {i: body.isel(time=slice(edges[i], edges[i + 1])).to_zarr(
+        url, region={"time": slice(int(edges[i]), int(edges[i + 1]))}, compute=False,
+        zarr_format=3, consolidated=False, storage_options=opts or None) for i in todo}
+
+    def mark(i: int) -> None:
+        done.add(i)
+        group.attrs.update({"xgpp_done_slabs": sorted(done)})
+
+    _run_slabs(writes, mark, progress=progress, total=len(tchunks), skipped=len(done),
+               label=f"predicting {', '.join(result.data_vars)} -> {url}")
+    group.attrs.update({"xgpp_complete": True})
+    return url
+
+
+def _run_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int, skipped: int,
+               label: str) -> None:
+    """Compute slab writes (on the active distributed client if any), marking each when done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task(label, total=total, completed=skipped)
+        try:
+            from distributed import as_completed, default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+        if client is not None:
+            futures = {client.compute(w): i for i, w in writes.items()}
+            for fut in as_completed(list(futures)):
+                fut.result()
+                mark(futures[fut])
+                bar.advance(task)
+            return
+        for i, w in writes.items():
+            dask.compute(w)
+            mark(i)
+            bar.advance(task)
