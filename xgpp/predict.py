@@ -92,7 +92,8 @@ _THREADS_SET: list[int] = []
 
 def _limit_torch_threads() -> None:
     """One torch thread per dask thread: dask supplies the parallelism, so cores are not
-    oversubscribed (set once per process)."""
+    oversubscribed (set once per process).
+    """
     if _THREADS_SET:
         return
     with _THREADS_LOCK:

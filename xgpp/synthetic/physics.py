@@ -60,6 +60,7 @@ class Points:
 
     @property
     def xyz(self) -> np.ndarray:
+        """Unit vectors of the points, shape (3, n)."""
         return unit_vectors(self.lat, self.lon)
 
 
@@ -72,6 +73,7 @@ class Times:
 
     @property
     def mid(self) -> pd.DatetimeIndex:
+        """Middle of each step."""
         return self.start + pd.to_timedelta(self.days / 2.0, unit="D")
 
     @property
@@ -87,10 +89,12 @@ class Times:
 
     @property
     def year(self) -> np.ndarray:
+        """Calendar year of the middle of each step (the key of interannual fields)."""
         return np.asarray(self.mid.year, dtype=np.int64)
 
     @property
     def decimal_year(self) -> np.ndarray:
+        """Middle of each step as a decimal year."""
         m = self.mid
         return np.asarray(m.year + (m.day_of_year - 0.5) / (365.0 + m.is_leap_year), dtype=float)
 

@@ -27,7 +27,7 @@ from xgpp.synthetic.physics import Points, Times, static_state, time_axis, true_
 from xgpp.synthetic.sites import place_sites, site_gpp
 from xgpp.variables import DRIVERS, attrs_for
 
-__all__ = ["PRODUCTS", "World", "make_world", "write_world"]
+__all__ = ["PRODUCTS", "World", "make_world"]
 
 #: The stores of a world, in the order they are written.
 PRODUCTS: tuple[str, ...] = ("drivers", "truth", "sif_tropomi", "sif_oco2", "sites")

@@ -1,0 +1,91 @@
+"""The ``xgpp`` command line: thin wrappers over the library's plain functions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="xgpp: global GPP from satellite SIF and eddy-covariance towers.")
+
+
+@app.command()
+def world(
+    out: Annotated[str, typer.Option(help="Target folder or fsspec URL for the stores.")],
+    resolution: Annotated[float, typer.Option(help="Grid spacing [degree]; divides 180.")] = 1.0,
+    years: Annotated[int, typer.Option(help="Length of the record [years].")] = 4,
+    start: Annotated[int, typer.Option(help="First year of the record.")] = 2017,
+    seed: Annotated[int, typer.Option(help="Seed of every random field.")] = 0,
+    variant: Annotated[str, typer.Option(help="World variant (default, uniform_slope, ...).")] = "default",
+    freq: Annotated[str, typer.Option(help="Time step: 8D, D or MS.")] = "8D",
+) -> None:
+    """Write a synthetic twin world (drivers, truth, SIF, sites) and its catalog.yaml."""
+    from xgpp.synthetic import write_world
+
+    w = write_world(out, resolution=resolution, start=f"{start}-01-01",
+                    end=f"{start + years - 1}-12-31", freq=freq, seed=seed, variant=variant)
+    typer.echo(f"{w}\nwrote {out}/{{drivers,truth,sif_tropomi,sif_oco2,sites}}.zarr and "
+               f"{out}/catalog.yaml")
+
+
+@app.command()
+def train(
+    catalog: Annotated[str, typer.Option(help="Catalog (catalog.yaml, world folder or URL).")],
+    out: Annotated[str, typer.Option(help="Model folder (checkpoints and bundle).")],
+    method: Annotated[str, typer.Option(help="siftml, ec-only, sif-only or pmodel.")] = "siftml",
+    split: Annotated[str | None, typer.Option(
+        help="Held-out sites, e.g. site-kfold:k=5,fold=0 | igbp:fold=3 | blocks:block=10,buffer=2,fold=1")] = None,
+    config: Annotated[str | None, typer.Option(help="JSON file with a TrainConfig dict.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train a model from a catalog's cubes and save its bundle to OUT."""
+    from xgpp.train import train_from_catalog
+
+    model = train_from_catalog(catalog, method=method, split=split, out=out, config=config,
+                               seed=seed, device=device)
+    typer.echo(f"{model}\nsaved to {out}; load it with xgpp.load_model({out!r})")
+
+
+@app.command()
+def predict(
+    catalog: Annotated[str, typer.Option(help="Catalog holding a 'drivers' entry.")],
+    model: Annotated[str, typer.Option(help="Model bundle folder or URL.")],
+    out: Annotated[str, typer.Option(help="Output folder: prediction.zarr + catalog.yaml.")],
+    cluster: Annotated[str, typer.Option(
+        help="local, cuda, gateway, auto, none (threads) or a scheduler address.")] = "local",
+    start: Annotated[str | None, typer.Option(help="First date to predict.")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date to predict.")] = None,
+    bbox: Annotated[str | None, typer.Option(help="lon_min,lat_min,lon_max,lat_max [degree].")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace a store from another run.")] = False,
+) -> None:
+    """Predict GPP over a catalog's driver cube to Zarr (resumes an interrupted run)."""
+    from xgpp.workflows import predict_from_catalog
+
+    url = predict_from_catalog(catalog, model, out, cluster=cluster, start=start, end=end,
+                               bbox=bbox, device=device, overwrite=overwrite)
+    typer.echo(f"wrote {url}; catalog {out}/catalog.yaml (entry 'prediction')")
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Folder for the world, model, prediction and plots.")] = "xgpp-demo",
+    resolution: Annotated[float, typer.Option(help="Grid spacing [degree].")] = 2.0,
+    years: Annotated[int, typer.Option(help="Record length [years], ending 2020.")] = 6,
+    cluster: Annotated[str, typer.Option(help="Cluster for prediction.")] = "local",
+) -> None:
+    """The main job on the embedded default: twin world -> SIFTML -> global prediction -> scores."""
+    from xgpp.workflows import run_demo
+
+    run_demo(out, resolution=resolution, years=years, cluster=cluster)
+
+
+def main() -> None:
+    """Entry point of the ``xgpp`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
