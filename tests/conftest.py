@@ -35,6 +35,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# --------------------------------------------------------------------------- markers
+
+
+def _gpu_visible() -> bool:
+    from xgpp.cluster import gpu_available
+
+    if gpu_available():
+        return True
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``requires_gpu`` tests when no CUDA GPU is visible (NVML or torch)."""
+    gpu_items = [item for item in items if item.get_closest_marker("requires_gpu")]
+    if gpu_items and not _gpu_visible():
+        skip = pytest.mark.skip(reason="requires_gpu: no CUDA GPU visible (NVML/torch.cuda)")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
 # --------------------------------------------------------------------------- S3 (moto)
 
 

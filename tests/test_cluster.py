@@ -29,6 +29,20 @@ def _compute_sum(client) -> float:
 # --------------------------------------------------------------------------- registry, resolution
 
 
+def test_all_names_exist():
+    for name in cluster_mod.__all__:
+        assert hasattr(cluster_mod, name), name
+
+
+def test_gateway_without_address_says_how_to_set_it(monkeypatch):
+    pytest.importorskip("dask_gateway")
+    import dask
+
+    with dask.config.set({"gateway.address": None}):
+        with pytest.raises(ValueError, match="DASK_GATEWAY__ADDRESS"):
+            GatewayBackend().start()
+
+
 def test_public_entry_point_is_callable_module():
     assert xgpp.cluster is cluster_mod
     assert callable(xgpp.cluster)

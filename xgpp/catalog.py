@@ -180,11 +180,18 @@ def write_catalog(
     str
         URL (or local path) of the written ``catalog.yaml``.
     """
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
     root = _strip_slash(root_url)
+    options = dict(storage_options or {})
     cat = build_catalog("{CATALOG_DIR}", names, metadata=dict(extra or {}))
     url = f"{root}/{CATALOG_FILE}"
     try:
-        cat.to_yaml_file(url, **dict(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(root, **options)
+        if isinstance(fs, LocalFileSystem):  # object stores have no folders to create
+            fs.makedirs(path, exist_ok=True)
+        cat.to_yaml_file(url, **options)
     except Exception as err:  # noqa: BLE001 - yaml/fsspec raise many kinds; re-raise with context
         raise OSError(
             f"could not write the catalog {url} ({type(err).__name__}: {err}). Check that "

@@ -376,7 +376,13 @@ class GatewayBackend(_ClientBackend):
                 "pip install 'xgpp[cloud]'."
             ) from err
         import aiohttp
+        import dask
 
+        if self.address is None and not dask.config.get("gateway.address", None):
+            raise ValueError(
+                "xgpp.cluster('gateway') needs the gateway's address: pass address='https://...' "
+                "or set the Dask config gateway.address (env DASK_GATEWAY__ADDRESS)."
+            )
         auth = self._make_auth()
         self.gateway = Gateway(address=self.address, proxy_address=self.proxy_address, auth=auth)
         where = self.gateway.address
