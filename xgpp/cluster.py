@@ -482,7 +482,8 @@ def resolve_kind(kind: str | None) -> tuple[str, dict[str, Any]]:
 def cluster(kind: str | None = "auto", **options: Any) -> Iterator[Client]:
     """Start or connect to a Dask cluster and yield a ``distributed.Client``.
 
-    Client and cluster are closed on exit, also when the body raises.
+    Client and cluster are closed on exit, also when the body raises.  Scripts that start a
+    local cluster with worker processes need an ``if __name__ == "__main__":`` guard.
 
     Parameters
     ----------
