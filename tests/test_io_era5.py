@@ -4,8 +4,8 @@ import dask
 import numpy as np
 import pandas as pd
 import pytest
-
 from io_fixtures import write_era5, write_modis
+
 from xgpp.io import SW_TO_PPFD, esat_magnus, read_era5, read_modis
 
 TIMES = pd.date_range("2019-01-01", periods=48, freq="h")

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from io_fixtures import write_fluxnet, write_sites
+
 from xgpp.io import SW_TO_PPFD, parse_fluxnet_name, read_fluxnet
 
 DAYS = pd.date_range("2019-01-01", "2019-01-16", freq="D")  # two MODIS 8-day steps

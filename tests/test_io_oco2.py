@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from io_fixtures import write_oco2_lite
+
 from xgpp.io import read_oco2_lite
 
 LAT = np.array([45.2, 45.4, 45.3, 0.1])

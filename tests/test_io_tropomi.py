@@ -4,8 +4,8 @@ import dask
 import numpy as np
 import pytest
 import xarray as xr
-
 from io_fixtures import write_troposif_l2b
+
 from xgpp.io import read_tropomi
 
 LAT = np.array([10.1, 10.2, 10.3, -45.2])
