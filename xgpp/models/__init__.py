@@ -1,0 +1,24 @@
+"""xgpp models: the :class:`Model` protocol, the MLP, SIFTML and its baselines, and bundles.
+
+``xgpp.load_model(path)`` reads any bundle written by ``model.save(path)``.
+"""
+
+from __future__ import annotations
+
+from xgpp.models.base import BUNDLE_FORMAT, OUTPUTS, Model
+from xgpp.models.bundle import BundleFormatError, TorchModel, load_model
+from xgpp.models.features import FeatureConfig, FeatureSpec
+from xgpp.models.mlp import MLP, MLPConfig
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "MLP",
+    "OUTPUTS",
+    "BundleFormatError",
+    "FeatureConfig",
+    "FeatureSpec",
+    "MLPConfig",
+    "Model",
+    "TorchModel",
+    "load_model",
+]
