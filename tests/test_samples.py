@@ -36,7 +36,7 @@ from xgpp.samples import (
 CHUNKS = {"time": 23, "lat": 18, "lon": 36}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def twin() -> SimpleNamespace:
     """A small real twin world, computed once (dask-backed, chunked like a store)."""
     from xgpp.synthetic import make_world
@@ -46,7 +46,7 @@ def twin() -> SimpleNamespace:
                            sif=w.sif_tropomi.persist())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def twin_store() -> str:
     """The products training reads, written as Zarr v3 stores with a catalog.yaml.
 

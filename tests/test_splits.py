@@ -8,7 +8,7 @@ import pytest
 from xgpp.splits import Fold, LeaveIGBPOut, SiteKFold, SpatialBlocks, parse_split, site_table
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sites():
     from xgpp.synthetic import make_world
 
