@@ -432,7 +432,17 @@ def _open_zarr(url: str, storage_options: Mapping[str, Any]) -> xr.Dataset:
     kwargs: dict[str, Any] = {"engine": "zarr", "chunks": {}, "consolidated": consolidated}
     if options and "://" in url and not url.startswith("file://"):
         kwargs["storage_options"] = options
-    return xr.open_dataset(url, **kwargs)
+    return _plain_strings(xr.open_dataset(url, **kwargs))
+
+
+def _plain_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Give Zarr v3's variable-length strings (numpy ``StringDType``) as Python objects.
+
+    Much of the stack (``astype(str)``, pandas, older numpy code) rejects ``StringDType``.
+    """
+    fixes = {name: var.astype(object) for name, var in ds.variables.items()
+             if var.dtype.kind == "T"}
+    return ds.assign_coords({k: v for k, v in fixes.items() if k in ds.coords}) if fixes else ds
 
 
 def open_cube(

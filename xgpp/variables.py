@@ -124,7 +124,7 @@ _UNIT_ALIASES: dict[str, dict[str, tuple[float, float]]] = {
                    # 1 umol CO2 m-2 s-1 = 12.011e-6 g C m-2 s-1 * 86400 s d-1
                    "umol m-2 s-1": (12.011e-6 * 86400, 0), "umolCO2 m-2 s-1": (12.011e-6 * 86400, 0),
                    "gC m-2 s-1": (86400, 0), "kgC m-2 s-1": (86400e3, 0)},
-    "mW m-2 nm-1 sr-1": {"mW m-2 nm-1 sr-1": (1, 0), "mW/m2/nm/sr": (1, 0),
+    "mW m-2 nm-1 sr-1": {"mW m-2 nm-1 sr-1": (1, 0), "mW m-2 sr-1 nm-1": (1, 0), "mW/m2/nm/sr": (1, 0),
                          "mW/m^2/nm/sr": (1, 0), "W m-2 um-1 sr-1": (1, 0),
                          "W m-2 µm-1 sr-1": (1, 0), "W/m^2/sr/µm": (1, 0), "W/m2/sr/um": (1, 0)},
 }

@@ -1,0 +1,214 @@
+"""Benchmark of streaming inference against the ways users write it today (issue: ds.gpp.predict).
+
+All variants run in one process on the same twin-world driver cube (0.5 degree, 92 steps by
+default, chunks 46 x 90 x 90) and the same model (6-64-64-1 MLP).  Reports samples per second,
+the ratio to the bare limit (a), and peak memory of the process and its workers; (b) and (e)
+are repeated with the time axis doubled.
+
+    python benchmarks/predict.py [--resolution 0.5] [--years 2] [--quick] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+import xarray as xr
+
+import xgpp
+from xgpp.models import MLP, OUTPUTS, FeatureConfig, FeatureSpec, MLPConfig, TorchModel
+from xgpp.synthetic import make_world
+
+DRIVERS6 = ("tair", "vpd", "ppfd", "fapar", "swc", "co2")
+DATA = Path(__file__).parent / "results" / "data"
+
+
+class PeakMemory:
+    """Peak RSS [bytes] of this process plus its children, sampled every 50 ms."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0, threading.Event()
+
+    def _rss(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def __enter__(self) -> PeakMemory:
+        self.base = self._rss()
+        self.peak = self.base
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def cube(resolution: float, years: int) -> xr.Dataset:
+    path = DATA / f"drivers_{resolution}_{years}y.zarr"
+    if not (path / "zarr.json").exists():
+        w = make_world(resolution=resolution, start="2019-01-01", end=f"{2019 + years - 1}-12-31")
+        print(f"writing {path} ...", flush=True)
+        w.drivers[[*DRIVERS6, "igbp", "land_mask"]].to_zarr(path, mode="w", zarr_format=3,
+                                                           consolidated=False)
+    return xgpp.open_cube(str(path))
+
+
+def make_model(ds: xr.Dataset) -> TorchModel:
+    torch.manual_seed(0)
+    spec = FeatureSpec.fit(FeatureConfig(drivers=DRIVERS6, igbp=None, latlon=False,
+                                         elevation=False), ds)
+    net = MLPConfig(hidden=(64, 64), activation="relu")
+    return TorchModel(MLP(spec.n_features, 1, net), spec, outputs={"gpp": OUTPUTS["gpp"]},
+                      output_scale=[1.0], output_offset=[0.0], net=net)
+
+
+def chunk_slices(ds: xr.Dataset):
+    c = ds.chunks
+    edges = {d: np.concatenate([[0], np.cumsum(c[d])]) for d in ("time", "lat", "lon")}
+    for i in range(len(c["time"])):
+        for j in range(len(c["lat"])):
+            for k in range(len(c["lon"])):
+                yield {d: slice(int(edges[d][n]), int(edges[d][n + 1]))
+                       for d, n in zip(("time", "lat", "lon"), (i, j, k), strict=True)}
+
+
+def bench(name: str, fn, n: int, table: list, base: float | None = None) -> float:
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+    rate = n / dt
+    table.append((name, rate, (rate / base) if base else 1.0, mem.peak / 2**30))
+    print(f"{name:<55s} {rate / 1e6:8.3f} M samples/s  {table[-1][2]:5.2f} x (a)  "
+          f"peak {mem.peak / 2**30:5.2f} GiB", flush=True)
+    return rate
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    ds = cube(args.resolution, args.years)
+    model = make_model(ds)
+    out = DATA / "out"
+    n_total = int(np.prod([ds.sizes[d] for d in ("time", "lat", "lon")]))
+    print(f"cube: {dict(ds.sizes)}, chunks {ds['tair'].data.chunksize}, "
+          f"{n_total / 1e6:.1f} M pixels; model {model}")
+    table: list = []
+
+    # (a) bare limit: the model on the same samples already in memory, chunk-sized arrays
+    feats = []
+    for sl in chunk_slices(ds):
+        x, _ = model.features(ds.isel(sl).load(), return_mask=True)
+        feats.append(x)
+    torch.set_num_threads(2)
+    def bare():
+        for x in feats:
+            model.predict_numpy(x, device=args.device)
+    base = bench("(a) bare limit: model on in-memory chunk arrays", bare, n_total, table)
+    feats.clear()
+
+    # (b) naive: load, stack to 2-D, predict, reshape, write
+    def naive(d=ds, path=out / "naive.zarr"):
+        mem = d.load()
+        x, valid = model.features(mem, return_mask=True)
+        y = np.full(valid.shape, np.nan, np.float32)
+        y[valid] = model.predict_numpy(x, device=args.device)[:, 0]
+        res = xr.Dataset({"gpp": (("time", "lat", "lon"), y.reshape(mem["tair"].shape))},
+                         coords={c: mem[c] for c in ("time", "lat", "lon")})
+        res.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+    bench("(b) naive: load, stack, predict, reshape, write", naive, n_total, table, base)
+
+    # (c) xbatcher, chunk-sized patches and per-pixel samples (per-pixel on a slice, extrapolated)
+    import xbatcher
+
+    def xb_patches():
+        gen = xbatcher.BatchGenerator(ds, input_dims={"time": 46, "lat": 90, "lon": 90})
+        for batch in gen:
+            x, _ = model.features(batch, return_mask=True)
+            model.predict_numpy(x, device=args.device)
+    bench("(c) xbatcher chunk-sized patches", xb_patches, n_total, table, base)
+    small = ds.isel(time=slice(0, 2), lat=slice(200, 210), lon=slice(300, 310)).load()
+    def xb_pixels():
+        gen = xbatcher.BatchGenerator(small, input_dims={"time": 1, "lat": 1, "lon": 1})
+        for batch in gen:
+            x, _ = model.features(batch, return_mask=True)
+            if x.shape[0]:
+                model.predict_numpy(x, device=args.device)
+    bench("(c) xbatcher per-pixel samples (200-pixel slice)", xb_pixels, small["tair"].size,
+          table, base)
+
+    # (d) dask-ml ParallelPostFit around the same model, threaded and on a LocalCluster
+    try:
+        from dask_ml.wrappers import ParallelPostFit
+    except ImportError:
+        print("(d) dask-ml not installed: pip install dask-ml")
+    else:
+        class Est:
+            def fit(self, X, y=None):
+                return self
+            def predict(self, X):
+                X = np.asarray(X, np.float32)
+                out = np.full(len(X), np.nan, np.float32)
+                ok = np.isfinite(X).all(axis=1)
+                if ok.any():
+                    out[ok] = model.predict_numpy(X[ok], device=args.device)[:, 0]
+                return out
+        import dask.array as da
+        spec = model.spec
+        cols = [(ds[v].data.reshape(-1) - spec.mean[v]) / spec.std[v] for v in DRIVERS6]
+        X = da.stack(cols, axis=1).astype(np.float32)
+        ppf = ParallelPostFit(Est())
+        def dml():
+            y = ppf.predict(X).reshape(ds["tair"].shape)
+            da.to_zarr(y, str(out / "dml.zarr"), overwrite=True)
+        bench("(d) dask-ml ParallelPostFit, threaded", dml, n_total, table, base)
+        with xgpp.cluster("local"):
+            bench("(d) dask-ml ParallelPostFit, LocalCluster", dml, n_total, table, base)
+
+    # (e) ds.gpp.predict(...).to_zarr on a LocalCluster (default) and on the threaded scheduler
+    def xg(d=ds, path=out / "xgpp.zarr"):
+        shutil.rmtree(path, ignore_errors=True)
+        d.gpp.predict(model, device=args.device).to_zarr(path, mode="w", zarr_format=3,
+                                                         consolidated=False)
+    with xgpp.cluster("local") as client:
+        client.run(lambda: None)
+        bench("(e) ds.gpp.predict().to_zarr, LocalCluster", xg, n_total, table, base)
+    bench("(e) ds.gpp.predict().to_zarr, threaded", xg, n_total, table, base)
+
+    if not args.quick:
+        ds2 = cube(args.resolution, 2 * args.years)
+        n2 = 2 * n_total
+        bench("(b) naive, time axis doubled", lambda: naive(ds2, out / "naive2.zarr"), n2, table, base)
+        with xgpp.cluster("local"):
+            bench("(e) LocalCluster, time axis doubled", lambda: xg(ds2, out / "xgpp2.zarr"), n2,
+                  table, base)
+
+    print("\n| variant | M samples/s | ratio to (a) | peak memory [GiB] |\n|---|---|---|---|")
+    for name, rate, ratio, peak in table:
+        print(f"| {name} | {rate / 1e6:.3f} | {ratio:.2f} | {peak:.2f} |")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--resolution", type=float, default=0.5)
+    p.add_argument("--years", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="skip the doubled-record runs")
+    run(p.parse_args())

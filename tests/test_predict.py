@@ -1,0 +1,206 @@
+"""ds.gpp.predict: equality across chunkings, laziness, checks before compute, resumable
+output, and a real prediction through a local cluster and a real Dask Gateway."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import dask
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import xgpp
+from xgpp.models import MLP, FeatureConfig, FeatureSpec, MLPConfig, TorchModel
+from xgpp.predict import predict, write_prediction
+from xgpp.synthetic import make_world
+
+
+def _model(drivers: xr.Dataset, *, outputs=("gpp",), seed: int = 0) -> TorchModel:
+    torch.manual_seed(seed)
+    spec = FeatureSpec.fit(FeatureConfig(), drivers)
+    net = MLPConfig(hidden=(32, 32))
+    from xgpp.models import OUTPUTS
+
+    return TorchModel(MLP(spec.n_features, len(outputs), net), spec,
+                      outputs={o: OUTPUTS[o] for o in outputs},
+                      output_scale=[3.0] * len(outputs), output_offset=[2.0] * len(outputs),
+                      net=net)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(resolution=6.0, start="2019-01-01", end="2019-12-31", n_sites=10,
+                      chunks={"time": 12, "lat": 15, "lon": 20})
+
+
+@pytest.fixture(scope="module")
+def drivers(world):
+    return world.drivers.persist()
+
+
+@pytest.fixture(scope="module")
+def model(drivers):
+    return _model(drivers)
+
+
+@pytest.fixture(scope="module")
+def reference(drivers, model):
+    """The prediction on the whole cube in memory, one block."""
+    return predict(drivers.compute(), model)["gpp"].values
+
+
+def test_output_has_units_provenance_and_nan_ocean(drivers, model, reference):
+    out = drivers.gpp.predict(model)
+    gpp = out["gpp"]
+    assert gpp.dims == ("time", "lat", "lon")
+    assert gpp.attrs["units"] == "gC m-2 d-1" and gpp.attrs["long_name"]
+    assert out.attrs["xgpp_model_sha256"] == model.sha256
+    assert json.loads(out.attrs["xgpp_model_inputs"]) == list(model.inputs)
+    assert out.attrs["xgpp_version"] == xgpp.__version__
+    ocean = (drivers["land_mask"] == 0).values
+    assert np.isnan(reference[:, ocean]).all()
+    assert np.isfinite(reference[:, ~ocean]).mean() > 0.9
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(t=st.integers(1, 46), y=st.integers(1, 30), x=st.integers(1, 60))
+def test_chunked_equals_in_memory(drivers, model, reference, t, y, x):
+    chunked = drivers.chunk({"time": t, "lat": y, "lon": x})
+    got = predict(chunked, model)["gpp"].values
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_predict_is_lazy_until_asked(drivers, model):
+    def refuse(*args, **kwargs):
+        raise AssertionError("predict computed something before being asked")
+
+    with dask.config.set(scheduler=refuse):
+        out = drivers.gpp.predict(model)
+    assert out["gpp"].chunks == drivers["tair"].chunks
+
+
+def test_subset_of_outputs_and_two_output_model(drivers):
+    m2 = _model(drivers, outputs=("gpp", "sif"), seed=1)
+    both = predict(drivers, m2)
+    assert set(both.data_vars) == {"gpp", "sif"}
+    assert both["sif"].attrs["units"] == "mW m-2 nm-1 sr-1"
+    only = predict(drivers, m2, outputs=["sif"])
+    np.testing.assert_array_equal(only["sif"].values, both["sif"].values)
+    with pytest.raises(ValueError, match="outputs"):
+        predict(drivers, m2, outputs=["npp"])
+
+
+def test_missing_input_is_caught_before_compute(drivers, model):
+    with pytest.raises(KeyError, match="'vpd'"):
+        predict(drivers.drop_vars("vpd"), model)
+
+
+def test_wrong_units_is_caught(drivers, model):
+    bad = drivers.copy()
+    bad["tair"] = (bad["tair"] + 273.15).assign_attrs(units="K")
+    with pytest.raises(ValueError, match="'tair'.*'K'.*'degC'"):
+        predict(bad, model)
+
+
+def test_misaligned_chunks_is_caught(drivers, model):
+    bad = drivers.copy()
+    bad["vpd"] = bad["vpd"].chunk({"time": 5})
+    with pytest.raises(ValueError, match="misaligned chunks"):
+        predict(bad, model)
+
+
+def test_descending_latitude_and_0_360_longitudes_are_caught(drivers, model):
+    with pytest.raises(ValueError, match="ascending"):
+        predict(drivers.isel(lat=slice(None, None, -1)), model)
+    shifted = drivers.assign_coords(lon=(drivers.lon % 360)).sortby("lon")
+    with pytest.raises(ValueError, match="0..360"):
+        predict(shifted, model)
+
+
+def test_write_prediction_round_trip_and_complete_flag(tmp_path, drivers, model, reference):
+    url = str(tmp_path / "p.zarr")
+    write_prediction(drivers, model, url, progress=False)
+    back = xr.open_zarr(url, consolidated=False)
+    assert back.attrs["xgpp_complete"] is True
+    np.testing.assert_array_equal(back["gpp"].values, reference)
+    # running again is a no-op; another model refuses to overwrite silently
+    write_prediction(drivers, model, url, progress=False)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_prediction(drivers, _model(drivers, seed=5), url, progress=False)
+
+
+_RESUME_SCRIPT = """
+import sys, time, xgpp
+from xgpp.predict import write_prediction
+from xgpp.models import load_model
+import xgpp.predict as P
+ds = xgpp.open_cube(sys.argv[1])
+model = load_model(sys.argv[2])
+original = P._predict_block
+def slow(*a, **k):
+    time.sleep(0.4)
+    return original(*a, **k)
+P._predict_block = slow
+write_prediction(ds, model, sys.argv[3], progress=False)
+"""
+
+
+def test_resume_after_kill_gives_identical_store(tmp_path, world, drivers, model):
+    import zarr
+
+    src = str(tmp_path / "drivers.zarr")
+    world.drivers.chunk({"time": 4, "lat": 30, "lon": 60}).to_zarr(src, zarr_format=3, consolidated=False)
+    model_dir = str(tmp_path / "model")
+    model.save(model_dir)
+    url = str(tmp_path / "resumed.zarr")
+    script = tmp_path / "run.py"
+    script.write_text(_RESUME_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), src, model_dir, url], env=env)
+    try:
+        deadline = time.time() + 120
+        done = []
+        while time.time() < deadline and len(done) < 2:
+            time.sleep(0.2)
+            if os.path.exists(os.path.join(url, "zarr.json")):
+                done = zarr.open_group(url, mode="r").attrs.get("xgpp_done_slabs", [])
+        assert len(done) >= 2, "the run never got part-way"
+    finally:
+        proc.kill()
+        proc.wait()
+    attrs = dict(zarr.open_group(url, mode="r").attrs)
+    assert attrs["xgpp_complete"] is False, "killed before the end: must not claim completeness"
+    n_slabs = len(xgpp.open_cube(src).chunks["time"])
+    assert len(attrs["xgpp_done_slabs"]) < n_slabs
+
+    from xgpp.models import load_model
+
+    loaded = load_model(model_dir)
+    cube = xgpp.open_cube(src)
+    write_prediction(cube, loaded, url, progress=False)  # resumes
+    fresh = str(tmp_path / "fresh.zarr")
+    write_prediction(cube, loaded, fresh, progress=False)
+    a, b = xr.open_zarr(url, consolidated=False), xr.open_zarr(fresh, consolidated=False)
+    assert a.attrs["xgpp_complete"] is True
+    xr.testing.assert_identical(a.compute(), b.compute())
+
+
+def test_predict_on_local_cluster_matches(drivers, model, reference):
+    with xgpp.cluster("local", n_workers=1, threads_per_worker=2) as client:
+        got = client.compute(drivers.gpp.predict(model)["gpp"].data).result()
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.requires_gateway
+def test_prediction_through_a_real_gateway(gateway_server, drivers, model, reference):
+    _, options = gateway_server
+    data = drivers.compute()  # workers of the gateway get the data through the graph
+    with xgpp.cluster("gateway", n_workers=1, **options) as client:
+        got = client.compute(data.gpp.predict(model)["gpp"].data).result()
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5, equal_nan=True)
