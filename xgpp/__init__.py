@@ -8,8 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from xgpp._version import __version__
 from xgpp import accessor as _accessor  # noqa: F401  (registers ds.gpp)
+from xgpp._version import __version__
 
 # public name -> module that defines it; loaded on first attribute access
 _LAZY = {

@@ -91,9 +91,7 @@ _THREADS_SET: list[int] = []
 
 
 def _limit_torch_threads() -> None:
-    """One torch thread per dask thread: dask supplies the parallelism, so cores are not
-    oversubscribed (set once per process).
-    """
+    """Give torch the cores dask leaves it, so the two do not oversubscribe (once per process)."""
     if _THREADS_SET:
         return
     with _THREADS_LOCK:
@@ -324,3 +322,9 @@ def _run_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int,
             dask.compute(w)
             mark(i)
             bar.advance(task)
+
+
+# xgpp.predict(ds, model) works although xgpp.predict is also this module
+from xgpp._callable import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "predict")

@@ -726,3 +726,9 @@ def train_from_catalog(catalog: str | os.PathLike | None, *, method: str = "sift
                  storage_options=storage_options,
                  provenance={"catalog": str(catalog), "sif_product": sif_product})
 
+
+
+# xgpp.train(...) works although xgpp.train is also this module
+from xgpp._callable import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "train")
