@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import xarray as xr
 
 import xgpp
@@ -22,12 +23,8 @@ def test_front_doors_are_callable():
 def test_accessor_is_registered_and_teaches_about_the_gpp_variable():
     ds = xr.Dataset({"gpp": ("x", [1.0, 2.0])})
     assert hasattr(ds.gpp, "predict") and hasattr(ds.gpp, "train")
-    try:
-        ds.gpp.values
-    except AttributeError as err:
-        assert "ds['gpp']" in str(err)
-    else:
-        raise AssertionError("ds.gpp.values should explain that ds['gpp'] is the variable")
+    with pytest.raises(AttributeError, match=r"ds\['gpp'\]"):
+        _ = ds.gpp.values
 
 
 def test_import_is_light():
