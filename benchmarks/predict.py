@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> None:
 
     # (b) naive: load, stack to 2-D, predict, reshape, write
     def naive(d=ds, path=out / "naive.zarr"):
-        mem = d.load()
+        mem = d.compute()  # not .load(): that would turn the shared cube into numpy in place
         x, valid = model.features(mem, return_mask=True)
         y = np.full(valid.shape, np.nan, np.float32)
         y[valid] = model.predict_numpy(x, device=args.device)[:, 0]
