@@ -155,7 +155,7 @@ def build_catalog(
 
 def write_catalog(
     root_url: str,
-    names: Iterable[str] = ("drivers", "truth", "sif_tropomi", "sif_oco2", "sites"),
+    names: Iterable[str] = tuple(STORES),
     storage_options: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> str:

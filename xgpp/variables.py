@@ -22,6 +22,7 @@ __all__ = [
     "check_units",
     "get_variable",
     "normalise_units",
+    "unit_spellings",
 ]
 
 
@@ -146,6 +147,15 @@ def attrs_for(name: str) -> dict[str, str]:
     return get_variable(name).attrs()
 
 
+def unit_spellings(name: str) -> dict[str, tuple[float, float]]:
+    """Unit spellings convertible to variable ``name``'s canonical unit.
+
+    Returns a new dict: spelling -> ``(scale, offset)`` with ``canonical = value * scale + offset``.
+    """
+    var = get_variable(name)
+    return dict(_UNIT_ALIASES.get(var.units, {var.units: (1, 0)}))
+
+
 def normalise_units(da: xr.DataArray, name: str | None = None) -> xr.DataArray:
     """Convert ``da`` to its canonical unit, driven by its ``units`` attribute (never by magnitude).
 
@@ -169,7 +179,7 @@ def normalise_units(da: xr.DataArray, name: str | None = None) -> xr.DataArray:
             f"variable {name!r} has no 'units' attribute; expected {var.units!r}. "
             f"Set ds[{name!r}].attrs['units'] to the unit the data are in."
         )
-    table = _UNIT_ALIASES.get(var.units, {var.units: (1, 0)})
+    table = unit_spellings(name)
     if str(units).strip() not in table:
         raise ValueError(
             f"variable {name!r} has units {units!r}, which xgpp cannot convert to the canonical "

@@ -30,6 +30,11 @@ log = logging.getLogger("xgpp.io")
 _CF_UNITS = {"milliseconds": "ms", "millisecond": "ms", "ms": "ms", "seconds": "s", "second": "s",
              "s": "s", "minutes": "min", "hours": "h", "days": "D"}
 
+#: per-step sounding statistics, in the order :func:`_bin_step` counts them
+_STAT_NAMES = {"read": "soundings read",
+               "rejected": "soundings rejected by quality/cloud/fill filters",
+               "outside": "soundings outside the grid"}
+
 
 @dataclass
 class Points:
@@ -139,12 +144,8 @@ def binned_cube(files_by_step: dict[pd.Timestamp, list[str]], reader: Callable[[
     stat = da.stack(stats, axis=1)
     coords = {"time": ("time", times.values, {"long_name": "start of the time step"}),
               **grid.coords()}
-    for k, label in enumerate(("read", "rejected", "outside")):
-        coords[f"n_soundings_{label}"] = ("time", stat[k], {
-            "long_name": f"soundings {label}" + (" by quality/cloud/fill filters"
-                                                 if label == "rejected" else
-                                                 " the grid" if label == "outside" else ""),
-            "units": "1"})
+    for k, (label, long_name) in enumerate(_STAT_NAMES.items()):
+        coords[f"n_soundings_{label}"] = ("time", stat[k], {"long_name": long_name, "units": "1"})
     data = {name: (("time", "lat", "lon"), mean[k], attrs_for(name))
             for k, name in enumerate(names)}
     data[count_name] = (("time", "lat", "lon"), count, attrs_for("sif_count"))

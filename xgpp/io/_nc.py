@@ -1,4 +1,4 @@
-"""Read variables (also inside groups) from netCDF4/HDF5 files, local or through fsspec."""
+"""Read netCDF4/HDF5 files, local or through fsspec: as xarray Datasets or variable by variable."""
 
 from __future__ import annotations
 
@@ -7,10 +7,23 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from xgpp.io._paths import basename, local_path, open_binary
 
-__all__ = ["open_nc", "has_var", "read_var", "list_vars"]
+__all__ = ["open_dataset", "open_nc", "has_var", "read_var", "list_vars"]
+
+
+def open_dataset(url: str, **kwargs: Any) -> xr.Dataset:
+    """Open a netCDF file with xarray: lazily (dask) if local, read into memory if remote.
+
+    ``kwargs`` go to :func:`xarray.open_dataset` (e.g. ``mask_and_scale=False``).
+    """
+    path = local_path(url)
+    if path is not None:
+        return xr.open_dataset(path, chunks={}, **kwargs)
+    with open_binary(url) as f:
+        return xr.open_dataset(f, engine="h5netcdf", **kwargs).load()
 
 
 def _netcdf4():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from xgpp.variables import _UNIT_ALIASES, get_variable, normalise_units
+from xgpp.variables import normalise_units, unit_spellings
 
 __all__ = ["canonical_spelling", "to_canonical", "normalise"]
 
@@ -18,7 +18,7 @@ def canonical_spelling(units: str | None, name: str) -> str | None:
     if units is None:
         return None
     units = str(units).strip()
-    table = _UNIT_ALIASES.get(get_variable(name).units, {})
+    table = unit_spellings(name)
     if units in table:
         return units
     key = sorted(units.split())

@@ -12,7 +12,8 @@ import numpy as np
 import xarray as xr
 
 from xgpp.io._grid import GridLike
-from xgpp.io._paths import PathsLike, basename, expand_paths, local_path, open_binary
+from xgpp.io._nc import open_dataset
+from xgpp.io._paths import PathsLike, basename, expand_paths
 from xgpp.io._time import check_freq
 from xgpp.io._units import normalise
 from xgpp.io.fluxnet import SW_TO_PPFD
@@ -39,19 +40,10 @@ def esat_magnus(t_degc):
     return 611.2 * np.exp(17.62 * t_degc / (243.12 + t_degc))
 
 
-def _open(url: str) -> xr.Dataset:
-    path = local_path(url)
-    if path is not None:
-        return xr.open_dataset(path, chunks={})
-    with open_binary(url) as f:
-        return xr.open_dataset(f, engine="h5netcdf").load()
-
-
 def _open_all(urls: list[str], what: str, **kwargs) -> xr.Dataset:
     parts = []
     for url in urls:
-        ds = _open(url) if not kwargs else xr.open_dataset(local_path(url) or url, **kwargs)
-        ds = _canonical_dims(ds)
+        ds = _canonical_dims(open_dataset(url, **kwargs))
         drop = [c for c in ds.coords if c not in ("time", "lat", "lon")]
         parts.append(ds.drop_vars(drop))
     if len(parts) == 1:
@@ -167,7 +159,7 @@ def read_modis(paths: PathsLike, *, grid: GridLike | None = None, freq: str = "8
     check_freq(freq)
     fields = fields or MODIS_FIELDS
     urls = expand_paths(paths, suffixes=(".nc", ".nc4"), what="MODIS netCDF")
-    src = _open_all(urls, "MODIS", chunks={}, mask_and_scale=False)
+    src = _open_all(urls, "MODIS", mask_and_scale=False)
     present = [f for f in fields if f in src]
     if not present:
         raise KeyError(f"MODIS files {[basename(u) for u in urls][:3]} have none of "

@@ -104,14 +104,14 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
     want = ts_cols + [c for c, _ in columns.values()] + [_QC]
     with open_binary(url) as f:
         header = pd.read_csv(f, nrows=0).columns.tolist()
-    missing = [c for c in dict.fromkeys(want) if c not in header]
-    if missing:
-        raise KeyError(
-            f"{basename(url)} (site {info.site}) lacks column(s) {missing}; columns found: "
-            f"{header}. FLUXNET {info.product} {info.res} files name them as in the FLUXNET2015 "
-            "variable list; pass gpp_variable=/drivers= to read other columns."
-        )
-    with open_binary(url) as f:
+        missing = [c for c in dict.fromkeys(want) if c not in header]
+        if missing:
+            raise KeyError(
+                f"{basename(url)} (site {info.site}) lacks column(s) {missing}; columns found: "
+                f"{header}. FLUXNET {info.product} {info.res} files name them as in the "
+                "FLUXNET2015 variable list; pass gpp_variable=/drivers= to read other columns."
+            )
+        f.seek(0)
         df = pd.read_csv(f, usecols=list(dict.fromkeys(want)), dtype={c: str for c in ts_cols})
     try:
         t = pd.to_datetime(df[ts_cols[0]].str.strip(), format=_TS_FORMAT[info.res])

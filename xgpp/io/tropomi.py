@@ -18,8 +18,8 @@ import xarray as xr
 
 from xgpp.io._binning import Points, binned_cube, date_from_name, decode_cf_time, group_by_step
 from xgpp.io._grid import GridLike, make_grid
-from xgpp.io._nc import has_var, list_vars, open_nc, read_var
-from xgpp.io._paths import PathsLike, basename, expand_paths, local_path, open_binary
+from xgpp.io._nc import has_var, list_vars, open_dataset, open_nc, read_var
+from xgpp.io._paths import PathsLike, basename, expand_paths
 from xgpp.io._time import check_freq
 from xgpp.io._units import to_canonical
 
@@ -85,12 +85,7 @@ def _l2b_date(url: str) -> pd.Timestamp:
 
 
 def _open_l3(url: str, variable: str) -> xr.Dataset:
-    path = local_path(url)
-    if path is not None:
-        ds = xr.open_dataset(path, chunks={})
-    else:
-        with open_binary(url) as f:
-            ds = xr.open_dataset(f, engine="h5netcdf").load()
+    ds = open_dataset(url)
     if variable not in ds:
         raise KeyError(
             f"{basename(url)}: gridded TROPOMI file has no variable {variable!r}; it has "
@@ -99,8 +94,7 @@ def _open_l3(url: str, variable: str) -> xr.Dataset:
     count = next((n for n in ("n", "N", "count", "n_obs") if n in ds), None)
     keep = {variable: "sif", **({count: "sif_count"} if count else {})}
     out = ds[list(keep)].rename(keep)
-    if "units" not in out["sif"].attrs:
-        _units_of({}, variable, url)
+    _units_of(out["sif"].attrs, variable, url)  # raises when the file gives no units
     if count:
         out["sif_count"].attrs["units"] = "1"
     for name in ("time", "Time"):
@@ -158,8 +152,7 @@ def read_tropomi(paths: PathsLike, *, grid: GridLike = 0.5, freq: str = "8D",
         dates = {u: _l2b_date(u) for u in urls}
         reader = functools.partial(_read_l2b, variable=variable,
                                    max_cloud_fraction=max_cloud_fraction)
-        with open_nc(urls[0]) as nc:
-            names = ("sif", "nirv") if has_var(nc, "PRODUCT/NIRv") else ("sif",)
+        names = ("sif", "nirv") if "PRODUCT/NIRv" in found else ("sif",)
         ds = binned_cube(group_by_step(dates, freq), reader, target, names, freq)
         ds.attrs.update({
             "source": "TROPOSIF L2B", "source_variable": variable,
