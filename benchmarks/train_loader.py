@@ -92,14 +92,21 @@ def loader_rate(stream, max_samples: int | None = None, epoch: int = 0) -> tuple
     return n / (time.perf_counter() - t0), n
 
 
-def model_rate(n_features: int, batch: int, steps: int = 30) -> float:
+def default_net(n_features: int):
+    """The default pre-training network and its optimiser."""
     import torch
 
     from xgpp.models.mlp import MLP
     from xgpp.train import TrainConfig
 
     net = MLP(n_features, 1, TrainConfig().net)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    return net, torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+
+def model_rate(n_features: int, batch: int, steps: int = 30) -> float:
+    import torch
+
+    net, opt = default_net(n_features)
     x = torch.randn(batch, n_features)
     y = torch.randn(batch, 1)
 
@@ -120,11 +127,7 @@ def end_to_end_rate(stream, n_features: int, max_samples: int) -> tuple[float, f
     """Loader feeding training steps; returns (samples/s, fraction of time waiting on data)."""
     import torch
 
-    from xgpp.models.mlp import MLP
-    from xgpp.train import TrainConfig
-
-    net = MLP(n_features, 1, TrainConfig().net)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net, opt = default_net(n_features)
     waited = 0.0
     n = 0
     t0 = time.perf_counter()

@@ -429,12 +429,11 @@ class GridSamples:
             )
         # keep only the driver time chunks that overlap the target record (stays chunk-aligned)
         ct = chunks["time"]
-        has_target = tdrv.isin(ttgt)
-        first_chunk = int(np.flatnonzero(has_target)[0]) // ct if has_target.any() else 0
-        last = int(np.flatnonzero(has_target)[-1]) + 1 if has_target.any() else 0
-        if not has_target.any():
+        steps = np.flatnonzero(tdrv.isin(ttgt))
+        if not len(steps):
             raise ValueError(f"the {target_var} cube shares no time step with the drivers.")
-        tsl = slice(first_chunk * ct, min(len(tdrv), int(np.ceil(last / ct)) * ct))
+        first, last = int(steps[0]), int(steps[-1]) + 1  # whole driver chunks around them
+        tsl = slice(first // ct * ct, min(len(tdrv), -(-last // ct) * ct))
         ds = drivers[inputs].isel(time=tsl)
         ds[target_var] = target[target_var].reindex(time=ds["time"]).assign_coords(
             lat=ds["lat"], lon=ds["lon"])

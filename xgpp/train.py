@@ -31,10 +31,16 @@ import xarray as xr
 
 from xgpp.models.base import OUTPUTS
 from xgpp.models.baselines import PModelBaseline, SIFLinear, fit_sif_slopes
-from xgpp.models.bundle import TorchModel, versions
-from xgpp.models.features import FeatureConfig, FeatureSpec, streaming_moments
+from xgpp.models.bundle import TorchModel, _fs, _json_default, versions
+from xgpp.models.features import (
+    FeatureConfig,
+    FeatureSpec,
+    columns_from_dataset,
+    streaming_moments,
+)
 from xgpp.models.mlp import MLP, MLPConfig
 from xgpp.models.siftml import STRATEGIES, new_head, set_trainable
+from xgpp.predict import resolve_device as _resolve_auto
 from xgpp.samples import GridSamples, site_samples, validation_cells
 from xgpp.splits import Fold, parse_split
 
@@ -214,9 +220,7 @@ _NESTED: dict[tuple[str, str], Any] = {
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available else CPU; anything else as given (checked)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    dev = torch.device(_resolve_auto(str(device)))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} asked for CUDA, but torch sees no GPU "
                            f"(torch {torch.__version__}). Use device='cpu' or 'auto'.")
@@ -234,9 +238,7 @@ class _Checkpoints:
         self.enabled = out is not None
         if not self.enabled:
             return
-        import fsspec
-
-        self.fs, root = fsspec.core.url_to_fs(str(out), **(storage_options or {}))
+        self.fs, root = _fs(out, storage_options)
         self.root = f"{root.rstrip('/')}/checkpoints"
         self.fs.makedirs(self.root, exist_ok=True)
         run = f"{self.root}/run.json"
@@ -293,19 +295,11 @@ class _Checkpoints:
         info = {**info, "crc": crc, "optim_groups": opt_state["param_groups"],
                 "optim_scalars": scalars}
         for name, payload, mode in ((f"{phase}.safetensors", st_save(tensors), "wb"),
-                                    (f"{phase}.json", json.dumps(info, default=_jsonable), "w")):
+                                    (f"{phase}.json", json.dumps(info, default=_json_default), "w")):
             tmp = f"{self.root}/.{name}.tmp"
             with self.fs.open(tmp, mode) as f:
                 f.write(payload)
             self.fs.mv(tmp, f"{self.root}/{name}")
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, tuple | set):
-        return list(v)
-    if isinstance(v, np.generic):
-        return v.item()
-    return str(v)
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:
@@ -494,8 +488,6 @@ def _resolve_fold(split: Fold | str | None, sites: xr.Dataset | None) -> Fold | 
 def _site_arrays(samples: xr.Dataset, spec: FeatureSpec, ids: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sel = samples.isel(sample=np.flatnonzero(np.isin(samples["site"].values, ids)))
-    from xgpp.models.features import columns_from_dataset
-
     cols = columns_from_dataset(sel, spec.inputs)
     x = spec.transform(cols)
     y = np.asarray(sel["gpp"].values, np.float32)[:, None]
@@ -600,7 +592,7 @@ def train(drivers: xr.Dataset, *, sites: xr.Dataset | None = None, sif: xr.Datas
         [], str)
     fit_ids = np.setdiff1d(train_ids, val_ids)
     x_fit, y_fit, cls_fit = _site_arrays(samples, spec, fit_ids)
-    x_val, y_val, _ = _site_arrays(samples, spec, val_ids)
+    x_val, y_val, cls_val = _site_arrays(samples, spec, val_ids)
     gpp_mean, gpp_std = float(y_fit.mean()), float(y_fit.std()) or 1.0
     site_val = (x_val, ((y_val - gpp_mean) / gpp_std).astype(np.float32)) if len(
         y_val) else None
@@ -616,8 +608,7 @@ def train(drivers: xr.Dataset, *, sites: xr.Dataset | None = None, sif: xr.Datas
             np.random.default_rng([seed, zlib.crc32(phase.encode()), epoch]))
 
     torch.manual_seed(seed)
-    embed = spec.igbp_slice[0] if spec.config.igbp == "embedding" else None
-    net = MLP(spec.n_features, 1, cfg.net, embed_column=embed).to(dev)
+    net = MLP(spec.n_features, 1, cfg.net, embed_column=spec.embed_column).to(dev)
     history: dict[str, list] = {}
     with _Progress(progress) as bar:
         if method in _NEEDS_SIF:
@@ -674,7 +665,7 @@ def train(drivers: xr.Dataset, *, sites: xr.Dataset | None = None, sif: xr.Datas
             sif_fit = module.sif(torch.from_numpy(np.concatenate([x_fit, x_val]))).numpy()
         slopes, info = fit_sif_slopes(
             sif_fit, np.concatenate([y_fit, y_val])[:, 0],
-            np.concatenate([cls_fit, _site_arrays(samples, spec, val_ids)[2]]),
+            np.concatenate([cls_fit, cls_val]),
             per_class=cfg.sif_conversion == "igbp", min_samples=cfg.min_class_samples)
         module.slopes.copy_(torch.from_numpy(slopes.astype(np.float32)))
         model = TorchModel(module.eval(), spec, outputs=gpp_out, output_scale=[1.0],
@@ -725,7 +716,6 @@ def train_from_catalog(catalog: str | os.PathLike | None, *, method: str = "sift
                  out=out, seed=seed, device=device, progress=progress,
                  storage_options=storage_options,
                  provenance={"catalog": str(catalog), "sif_product": sif_product})
-
 
 
 # xgpp.train(...) works although xgpp.train is also this module

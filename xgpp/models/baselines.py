@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import threading
 import warnings
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ import xarray as xr
 from torch import nn
 
 from xgpp._version import __version__
-from xgpp.models.base import BUNDLE_FORMAT, OUTPUTS
+from xgpp.models.base import OUTPUTS
 from xgpp.models.features import N_IGBP, FeatureSpec, columns_from_dataset
 from xgpp.models.mlp import MLP
 from xgpp.variables import VARIABLES
@@ -121,6 +122,11 @@ class SIFLinear(nn.Module):
 # --------------------------------------------------------------------------------------------
 #: pyrealm's lowest temperature [degC]; below it GPP is set to 0 (frozen canopy).
 PMODEL_TMIN = -25.0
+#: pyrealm GPP [ug C m-2 s-1] -> [gC m-2 d-1]
+UG_PER_S_TO_G_PER_DAY = 86400e-6
+#: ``warnings.catch_warnings`` swaps a process-global filter list; prediction runs this
+#: model in dask threads, so they take turns around pyrealm instead of racing on it.
+_PYREALM_LOCK = threading.Lock()
 
 
 class PModelBaseline:
@@ -148,7 +154,7 @@ class PModelBaseline:
         """Canonical unit of each input."""
         return {n: VARIABLES[n].units for n in self.inputs}
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
         """Hash of the (parameter-free) model definition."""
         import pyrealm
@@ -196,7 +202,7 @@ class PModelBaseline:
             if not warm.any():
                 continue
             b = b[warm]
-            with warnings.catch_warnings():
+            with _PYREALM_LOCK, warnings.catch_warnings():
                 # pyrealm 2.0 announces its new phi0 default on every fit, and numpy flags an
                 # internal ``where`` without ``out`` in jmax_limitation; neither is actionable
                 warnings.filterwarnings("ignore", message=r"(?s).*new default for the quantum")
@@ -205,22 +211,17 @@ class PModelBaseline:
                     tc=b[:, 0], vpd=np.clip(b[:, 1], 0.0, 10000.0), co2=b[:, 2], patm=b[:, 3],
                     fapar=np.clip(b[:, 4], 0.0, 1.0), ppfd=np.clip(b[:, 5], 0.0, 3000.0),
                 )
-                gpp = PModel(env).gpp * 86400e-6
+                gpp = PModel(env).gpp * UG_PER_S_TO_G_PER_DAY
             res = np.where(np.isfinite(gpp), gpp, np.nan).astype(np.float32)
             out[i:i + len(warm), 0][warm] = res
         return out
 
     def metadata(self) -> dict[str, Any]:
         """The JSON record written as ``model.json``."""
-        from xgpp.models.bundle import FORMAT_NAME, versions
+        from xgpp.models.bundle import _metadata_header, versions
 
-        return {"format": FORMAT_NAME, "format_version": BUNDLE_FORMAT, "kind": self.kind,
-                "method": self.method, "id": self.id, "sha256": self.sha256,
-                "xgpp_version": self.xgpp_version,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "inputs": list(self.inputs), "input_units": self.input_units,
-                "outputs": self.outputs, "pmodel": {"tmin_degC": PMODEL_TMIN,
-                                                    "parameters": "pyrealm defaults"},
+        return {**_metadata_header(self),
+                "pmodel": {"tmin_degC": PMODEL_TMIN, "parameters": "pyrealm defaults"},
                 "provenance": {**self.provenance, "versions": versions()}}
 
     def save(self, path: str, *, storage_options: dict | None = None) -> str:

@@ -24,12 +24,20 @@ import xarray as xr
 from torch import nn
 
 from xgpp._version import __version__
-from xgpp.models.base import BUNDLE_FORMAT, OUTPUTS
+from xgpp.models.base import BUNDLE_FORMAT
 from xgpp.models.features import FeatureSpec, columns_from_dataset
 from xgpp.models.mlp import MLP, MLPConfig
 from xgpp.variables import VARIABLES
 
-__all__ = ["BundleFormatError", "TorchModel", "load_model", "read_metadata", "weights_sha256"]
+__all__ = [
+    "KINDS",
+    "BundleFormatError",
+    "TorchModel",
+    "load_model",
+    "read_metadata",
+    "versions",
+    "weights_sha256",
+]
 
 METADATA_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -71,10 +79,27 @@ def _fs(path: str, storage_options: dict | None):
     return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
 
 
+def _metadata_header(model: Any) -> dict[str, Any]:
+    """The ``model.json`` fields every bundle kind shares (format, identity, inputs, outputs)."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": BUNDLE_FORMAT,
+        "kind": model.kind,
+        "method": model.method,
+        "id": model.id,
+        "sha256": model.sha256,
+        "xgpp_version": model.xgpp_version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "inputs": list(model.inputs),
+        "input_units": model.input_units,
+        "outputs": model.outputs,
+    }
+
+
 def _build_module(kind: str, meta: dict[str, Any]) -> nn.Module:
     spec = FeatureSpec.from_dict(meta["features"])
     net_cfg = MLPConfig.from_dict(meta["net"])
-    embed = spec.igbp_slice[0] if spec.config.igbp == "embedding" else None
+    embed = spec.embed_column
     if kind == "mlp":
         return MLP(spec.n_features, int(meta["n_out"]), net_cfg, embed_column=embed)
     if kind == "sif-linear":
@@ -129,12 +154,22 @@ class TorchModel:
         self.extra = dict(extra or {})
         self.xgpp_version = xgpp_version
         self._on_device: dict[str, nn.Module] = {}
+        self._sha256: tuple[tuple, str] | None = None
 
     # ---- identity
     @property
     def sha256(self) -> str:
-        """SHA-256 of the weights."""
-        return weights_sha256(self.module.state_dict())
+        """SHA-256 of the weights.
+
+        Hashing every weight is costly and :func:`xgpp.predict.predict` asks several times per
+        call, so the digest is cached; the cache key is each tensor's storage and in-place
+        version counter, so replacing ``module`` or training it in place rehashes.
+        """
+        state = self.module.state_dict()
+        key = tuple((k, v.data_ptr(), v._version) for k, v in state.items())
+        if self._sha256 is None or self._sha256[0] != key:
+            self._sha256 = (key, weights_sha256(state))
+        return self._sha256[1]
 
     @property
     def id(self) -> str:
@@ -219,17 +254,7 @@ class TorchModel:
     def metadata(self) -> dict[str, Any]:
         """The JSON record written as ``model.json``."""
         return {
-            "format": FORMAT_NAME,
-            "format_version": BUNDLE_FORMAT,
-            "kind": self.kind,
-            "method": self.method,
-            "id": self.id,
-            "sha256": self.sha256,
-            "xgpp_version": self.xgpp_version,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "inputs": list(self.inputs),
-            "input_units": self.input_units,
-            "outputs": self.outputs,
+            **_metadata_header(self),
             "output_scale": self.output_scale.tolist(),
             "output_offset": self.output_offset.tolist(),
             "features": self.spec.to_dict(),
@@ -351,5 +376,3 @@ def load_model(path: str, *, storage_options: dict | None = None) -> Any:
     fs, root = _fs(path, storage_options)
     return cls.from_bundle(meta, fs, root)
 
-
-__all__ += ["KINDS", "OUTPUTS", "versions"]

@@ -80,6 +80,11 @@ class FeatureConfig:
         return cls(**{**d, "drivers": tuple(d.get("drivers", DRIVERS))})
 
     @property
+    def scaled(self) -> tuple[str, ...]:
+        """Inputs normalised by mean and std: the drivers, then ``elevation`` if used."""
+        return tuple(self.drivers) + (("elevation",) if self.elevation else ())
+
+    @property
     def inputs(self) -> tuple[str, ...]:
         """Dataset variables needed (drivers, then static ones)."""
         static = (("igbp",) if self.igbp else ()) + (("elevation",) if self.elevation else ())
@@ -194,7 +199,7 @@ class FeatureSpec:
         Constant inputs warn (:class:`ConstantFeatureWarning`) and get ``std = 1``; all-NaN
         inputs raise ``ValueError``.
         """
-        names = list(config.drivers) + (["elevation"] if config.elevation else [])
+        names = list(config.scaled)
         missing = [n for n in names + (["igbp"] if config.igbp else []) if n not in drivers]
         if missing:
             raise KeyError(f"driver dataset lacks {missing} needed by the feature config; it has "
@@ -231,9 +236,7 @@ class FeatureSpec:
     def names(self) -> tuple[str, ...]:
         """Names of the feature columns, in order."""
         c = self.config
-        out = list(c.drivers)
-        if c.elevation:
-            out.append("elevation")
+        out = list(c.scaled)
         if c.latlon:
             out += ["sin_lat", "cos_lat", "sin_lon", "cos_lon"]
         if c.igbp == "onehot":
@@ -255,12 +258,17 @@ class FeatureSpec:
         start = self.n_features - (N_IGBP if self.config.igbp == "onehot" else 1)
         return start, self.n_features
 
+    @property
+    def embed_column(self) -> int | None:
+        """Column of the IGBP class index fed to an embedding (``igbp="embedding"``), or None."""
+        return self.igbp_slice[0] if self.config.igbp == "embedding" else None
+
     # ---- the kernel
     def valid_mask(self, cols: dict[str, np.ndarray]) -> np.ndarray:
         """Rows where every input is finite (and the IGBP class is a known class)."""
         n = len(next(iter(cols.values())))
         ok = np.ones(n, bool)
-        for name in list(self.config.drivers) + (["elevation"] if self.config.elevation else []):
+        for name in self.config.scaled:
             ok &= np.isfinite(cols[name])
         if self.config.igbp:
             cls_ = cols["igbp"]
@@ -280,7 +288,7 @@ class FeatureSpec:
         n = len(next(iter(cols.values())))
         x = out if out is not None else np.empty((n, self.n_features), np.float32)
         j = 0
-        for name in list(c.drivers) + (["elevation"] if c.elevation else []):
+        for name in c.scaled:
             col = np.asarray(cols[name], np.float32)
             np.subtract(col, np.float32(self.mean[name]), out=x[:, j])
             x[:, j] *= np.float32(1.0 / self.std[name])
