@@ -7,10 +7,11 @@ from typing import Any
 
 import dask
 
-__all__ = ["compute_with_progress"]
+__all__ = ["active_client", "compute_with_progress"]
 
 
-def _active_client() -> Any | None:
+def active_client() -> Any | None:
+    """The current ``distributed.Client``, or None when none is active (threaded scheduler)."""
     try:
         from distributed import default_client
 
@@ -21,7 +22,7 @@ def _active_client() -> Any | None:
 
 def compute_with_progress(*collections: Any, progress: bool = True, label: str = "") -> tuple:
     """``dask.compute(*collections)``, showing progress on the local or distributed scheduler."""
-    client = _active_client()
+    client = active_client()
     if label and progress:
         print(label, file=sys.stderr, flush=True)
     if client is not None:

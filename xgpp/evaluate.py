@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import dask
 import numpy as np
 import xarray as xr
 
-__all__ = ["at_sites", "field_scores", "pair_scores", "site_scores"]
+__all__ = ["at_sites", "field_scores", "pair_scores", "scores"]
 
 
 def pair_scores(pred: np.ndarray, obs: np.ndarray) -> dict[str, float]:
@@ -37,17 +35,16 @@ def pair_scores(pred: np.ndarray, obs: np.ndarray) -> dict[str, float]:
     }
 
 
-def field_scores(pred: xr.DataArray, truth: xr.DataArray) -> dict[str, float]:
-    """Scores of a gridded estimate against the true field, streamed chunk by chunk.
-
-    Both arrays share (time, lat, lon); only pixels where both are finite count.  Sums are dask
-    reductions computed in one pass, so memory does not grow with the record.
-    """
+def _field_sums(pred: xr.DataArray, truth: xr.DataArray) -> tuple:
+    """Lazy sums behind :func:`field_scores` (one pass over both arrays)."""
     pred, truth = xr.align(pred, truth, join="inner")
     ok = pred.notnull() & truth.notnull()
     p, o = pred.where(ok), truth.where(ok)
-    sums = dask.compute(ok.sum(), o.sum(), (o**2).sum(), ((p - o) ** 2).sum(), (p - o).sum(),
-                        p.sum(), (p**2).sum(), (p * o).sum())
+    return (ok.sum(), o.sum(), (o**2).sum(), ((p - o) ** 2).sum(), (p - o).sum(), p.sum(),
+            (p**2).sum(), (p * o).sum())
+
+
+def _field_finish(sums: tuple) -> dict[str, float]:
     n, so, soo, sse, se, sp, spp, spo = (float(s) for s in sums)
     if n < 3:
         raise ValueError("prediction and truth share fewer than 3 finite pixels.")
@@ -58,20 +55,29 @@ def field_scores(pred: xr.DataArray, truth: xr.DataArray) -> dict[str, float]:
             "rmse": float(np.sqrt(sse / n)), "bias": se / n}
 
 
+def field_scores(pred: xr.DataArray, truth: xr.DataArray) -> dict[str, float]:
+    """Scores of a gridded estimate against the true field, streamed chunk by chunk.
+
+    Both arrays share (time, lat, lon); only pixels where both are finite count.  Sums are dask
+    reductions computed in one pass, so memory does not grow with the record.
+    """
+    return _field_finish(dask.compute(*_field_sums(pred, truth)))
+
+
+def scores(pred: xr.DataArray, truth: xr.DataArray, sites: xr.Dataset
+           ) -> tuple[dict[str, float], dict[str, float], xr.DataArray]:
+    """Field scores, site scores and the estimate at the sites, from one pass over ``pred``.
+
+    Returns ``(field, site, at)`` where ``at`` is ``pred`` at the sites on (site, time).
+    """
+    sums, at = dask.compute(_field_sums(pred, truth), at_sites(pred, sites))
+    obs = sites["gpp"].sel(time=at["time"])
+    return _field_finish(sums), pair_scores(at.values, np.asarray(obs.values)), at
+
+
 def at_sites(field: xr.DataArray, sites: xr.Dataset) -> xr.DataArray:
     """Values of a gridded field at each site's grid cell (nearest cell), on (site, time)."""
     lat = xr.DataArray(sites["lat"].values, dims="site", coords={"site": sites["site"].values})
     lon = xr.DataArray(sites["lon"].values, dims="site", coords={"site": sites["site"].values})
     out = field.sel(lat=lat, lon=lon, method="nearest")
     return out.transpose("site", "time")
-
-
-def site_scores(pred: xr.DataArray, sites: xr.Dataset, test: Sequence[str] | None = None
-                ) -> dict[str, float]:
-    """Scores of a gridded estimate against EC GPP at (held-out) sites."""
-    if test is not None:
-        sites = sites.sel(site=list(test))
-    est = at_sites(pred, sites)
-    obs = sites["gpp"].sel(time=est["time"])
-    est, obs = dask.compute(est, obs)
-    return pair_scores(est.values, obs.values)

@@ -7,9 +7,9 @@ resumably.  ``ds.gpp.predict`` and ``xgpp predict`` are thin front doors over th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import threading
 from typing import Any
 
 import dask
@@ -17,6 +17,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from xgpp._progress import active_client
 from xgpp._version import __version__
 from xgpp.models.base import Model
 
@@ -86,28 +87,20 @@ def _fmt_chunks(chunks: tuple) -> str:
 
 
 # ----------------------------------------------------------------------------- kernel
-_THREADS_LOCK = threading.Lock()
-_THREADS_SET: list[int] = []
-
-
-def _limit_torch_threads() -> None:
+@functools.cache
+def _limit_torch_threads() -> int:
     """Give torch the cores dask leaves it, so the two do not oversubscribe (once per process)."""
-    if _THREADS_SET:
-        return
-    with _THREADS_LOCK:
-        if _THREADS_SET:
-            return
-        import torch
+    import torch
 
-        try:
-            from distributed import get_worker
+    try:
+        from distributed import get_worker
 
-            pool = get_worker().state.nthreads
-        except (ImportError, ValueError):
-            pool = dask.config.get("num_workers", None) or os.cpu_count() or 1
-        n = max(1, (os.cpu_count() or 1) // max(1, int(pool)))
-        torch.set_num_threads(n)
-        _THREADS_SET.append(n)
+        pool = get_worker().state.nthreads
+    except (ImportError, ValueError):
+        pool = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    n = max(1, (os.cpu_count() or 1) // max(1, int(pool)))
+    torch.set_num_threads(n)
+    return n
 
 
 def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns: list[int],
@@ -305,13 +298,10 @@ def _run_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int,
                TimeElapsedColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task(label, total=total, completed=skipped)
-        try:
-            from distributed import as_completed, default_client
-
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
+        client = active_client()
         if client is not None:
+            from distributed import as_completed
+
             futures = {client.compute(w): i for i, w in writes.items()}
             for fut in as_completed(list(futures)):
                 fut.result()

@@ -75,7 +75,7 @@ def run_demo(out: str = "xgpp-demo", *, resolution: float = 2.0, years: int = 6,
     from rich.table import Table
 
     from xgpp.catalog import open_catalog, open_cube
-    from xgpp.evaluate import at_sites, field_scores, pair_scores
+    from xgpp.evaluate import scores as score_all
     from xgpp.models import load_model
     from xgpp.plots import plot_maps, plot_site_scatter
     from xgpp.predict import predict
@@ -126,12 +126,9 @@ def run_demo(out: str = "xgpp-demo", *, resolution: float = 2.0, years: int = 6,
             est = xr.open_zarr(url, consolidated=False)["gpp"]
         else:
             est = predict(drivers, load_model(str(path)))["gpp"]
-        fs = field_scores(est, truth)
-        at = at_sites(est, test).compute()
-        obs = test["gpp"].sel(time=at.time)
-        ss = pair_scores(at.values, obs.values)
+        fs, ss, at = score_all(est, truth, test)
         scores[method] = {"field": fs, "held_out_sites": ss}
-        scatter[method] = (at.values.ravel(), obs.values.ravel())
+        scatter[method] = (at.values.ravel(), test["gpp"].sel(time=at.time).values.ravel())
         if method == "siftml":
             maps = plot_maps(est, truth, root / "map_siftml.png", title="SIFTML GPP")
     scat = plot_site_scatter(scatter, root / "scatter_held_out_sites.png")

@@ -13,8 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import threading
-import warnings
 from typing import Any
 
 import numpy as np
@@ -22,6 +20,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from xgpp._pyrealm import UG_PER_S_TO_G_PER_DAY, quiet_pyrealm
 from xgpp._version import __version__
 from xgpp.models.base import OUTPUTS
 from xgpp.models.features import N_IGBP, FeatureSpec, columns_from_dataset
@@ -122,11 +121,6 @@ class SIFLinear(nn.Module):
 # --------------------------------------------------------------------------------------------
 #: pyrealm's lowest temperature [degC]; below it GPP is set to 0 (frozen canopy).
 PMODEL_TMIN = -25.0
-#: pyrealm GPP [ug C m-2 s-1] -> [gC m-2 d-1]
-UG_PER_S_TO_G_PER_DAY = 86400e-6
-#: ``warnings.catch_warnings`` swaps a process-global filter list; prediction runs this
-#: model in dask threads, so they take turns around pyrealm instead of racing on it.
-_PYREALM_LOCK = threading.Lock()
 
 
 class PModelBaseline:
@@ -202,11 +196,7 @@ class PModelBaseline:
             if not warm.any():
                 continue
             b = b[warm]
-            with _PYREALM_LOCK, warnings.catch_warnings():
-                # pyrealm 2.0 announces its new phi0 default on every fit, and numpy flags an
-                # internal ``where`` without ``out`` in jmax_limitation; neither is actionable
-                warnings.filterwarnings("ignore", message=r"(?s).*new default for the quantum")
-                warnings.filterwarnings("ignore", message=r".*'where' used without 'out'")
+            with quiet_pyrealm():
                 env = PModelEnvironment(
                     tc=b[:, 0], vpd=np.clip(b[:, 1], 0.0, 10000.0), co2=b[:, 2], patm=b[:, 3],
                     fapar=np.clip(b[:, 4], 0.0, 1.0), ppfd=np.clip(b[:, 5], 0.0, 3000.0),

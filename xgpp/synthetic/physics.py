@@ -8,13 +8,13 @@ are in ``docs/twin_world.md`` and in :mod:`xgpp.synthetic.config`.
 
 from __future__ import annotations
 
-import threading
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from xgpp._pyrealm import UG_PER_S_TO_G_PER_DAY, quiet_pyrealm
+from xgpp.io import SW_TO_PPFD, esat_magnus
 from xgpp.synthetic.config import BIOME, WorldConfig
 from xgpp.synthetic.noise import SmoothField, unit_vectors, white_normal
 
@@ -227,11 +227,6 @@ def toa_insolation(lat: np.ndarray, doy: np.ndarray) -> np.ndarray:
     return np.maximum(q, 0.0)
 
 
-def esat(tc: np.ndarray) -> np.ndarray:
-    """Saturation vapour pressure [Pa] over water at ``tc`` [degC] (Magnus; Alduchov & Eskridge 1996)."""
-    return 611.2 * np.exp(17.62 * tc / (243.12 + tc))
-
-
 def true_state(times: Times, points: Points, st: dict[str, np.ndarray],
                cfg: WorldConfig) -> dict[str, np.ndarray]:
     """The true physical state, shape (T, P) per variable, and truth GPP and SIF.
@@ -267,17 +262,17 @@ def true_state(times: Times, points: Points, st: dict[str, np.ndarray],
                     0.02, 0.98)
     # Angstrom-Prescott-type transmissivity; PPFD = 2.04 umol J-1 x shortwave (Meek et al. 1984)
     sw = toa_insolation(lat, doy) * (0.25 + 0.50 * (1.0 - cloud))
-    ppfd = 2.04 * sw
+    ppfd = SW_TO_PPFD * sw
 
     rh = np.clip(0.20 + 0.65 * moist + 0.05 * SmoothField(s, "rh_wx", 1000.0).varying(xyz, dkey),
                  0.05, 0.98)
-    vpd = np.maximum(esat(tair) * (1.0 - rh), 1.0)
+    vpd = np.maximum(esat_magnus(tair) * (1.0 - rh), 1.0)
 
     # CO2: 399.4 ppm global mean in 2015 (NOAA GML), +2.3 ppm yr-1, NH seasonal cycle
     co2 = (399.4 + 2.3 * (times.decimal_year[:, None] - 2015.5)
            - 3.0 * np.clip(lat / 60.0, -0.3, 1.0)[None, :]
            * np.cos(2 * np.pi * (doy[:, None] - 120.0) / 365.25))
-    # barometric formula with standard lapse rate (pyrealm.core.pressure.calc_patm)
+    # barometric formula, ICAO standard atmosphere (288.15 K at sea level, 6.5 K km-1)
     patm = 101325.0 * (1.0 - 0.0065 * st["elevation"] / 288.15) ** (9.80665 * 0.028963 / (8.3145 * 0.0065))
     patm = np.broadcast_to(patm[None, :], tair.shape)
 
@@ -300,8 +295,6 @@ def true_state(times: Times, points: Points, st: dict[str, np.ndarray],
 #: Jassby & Platt 1976); chosen so that mid-summer clear-sky APAR loses ~20 % efficiency,
 #: the canopy-scale curvature seen in daily EC light responses (Ruimy et al. 1995).
 LIGHT_SATURATION = 700.0
-UG_PER_S_TO_G_PER_DAY = 86400.0 * 1e-6
-_PYREALM_LOCK = threading.Lock()
 
 
 def truth_gpp_sif(tair: np.ndarray, vpd: np.ndarray, co2: np.ndarray, patm: np.ndarray,
@@ -327,10 +320,8 @@ def truth_gpp_sif(tair: np.ndarray, vpd: np.ndarray, co2: np.ndarray, patm: np.n
     sif = gpp.copy()
     if cols.size:
         sel = (slice(None), cols)
-        # pyrealm warns on every call (phi0 notice, bounds); catch_warnings is process-global,
-        # so dask's worker threads take turns here rather than racing on the filter list.
-        with _PYREALM_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
+        # the generator's own inputs: pyrealm's notices and bounds warnings say nothing new
+        with quiet_pyrealm(all_warnings=True):
             env = PModelEnvironment(tc=np.clip(tair[sel], -25, 60), vpd=vpd[sel], co2=co2[sel],
                                     patm=patm[sel], fapar=fapar[sel], ppfd=ppfd[sel])
             p_gpp = np.nan_to_num(PModel(env).gpp, nan=0.0) * UG_PER_S_TO_G_PER_DAY

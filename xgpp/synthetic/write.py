@@ -46,10 +46,9 @@ def write_world(url: str, world: World | None = None, *, storage_options: dict |
     fs.makedirs(root, exist_ok=True)
     pending = []
     for name in PRODUCTS:
-        ds = world.datasets[name]
-        encoding = {v: {"chunks": tuple(c[0] for c in ds[v].chunks)} for v in ds.data_vars}
-        pending.append(ds.to_zarr(f"{url}/{name}.zarr", mode="w", zarr_format=3, consolidated=False,
-                                  compute=False, storage_options=opts or None, encoding=encoding))
+        pending.append(world.datasets[name].to_zarr(
+            f"{url}/{name}.zarr", mode="w", zarr_format=3, consolidated=False, compute=False,
+            storage_options=opts or None))
     compute_with_progress(*pending, progress=progress,
                           label=f"writing twin world {world.config.resolution} deg to {url}")
     from xgpp.catalog import write_catalog
