@@ -188,8 +188,11 @@ def run(args: argparse.Namespace) -> None:
         d.gpp.predict(model, device=args.device).to_zarr(path, mode="w", zarr_format=3,
                                                          consolidated=False)
     with xgpp.cluster("local") as client:
-        client.run(lambda: None)
-        bench("(e) ds.gpp.predict().to_zarr, LocalCluster", xg, n_total, table, base)
+        sizing = f"{len(client.scheduler_info()['workers'])} workers"
+        bench(f"(e) ds.gpp.predict().to_zarr, LocalCluster ({sizing})", xg, n_total, table, base)
+    with xgpp.cluster("local", n_workers=1, threads_per_worker=2):
+        bench("(e) ds.gpp.predict().to_zarr, LocalCluster (1 worker x 2 threads)", xg, n_total,
+              table, base)
     bench("(e) ds.gpp.predict().to_zarr, threaded", xg, n_total, table, base)
 
     if not args.quick:

@@ -89,7 +89,12 @@ def _fmt_chunks(chunks: tuple) -> str:
 # ----------------------------------------------------------------------------- kernel
 @functools.cache
 def _limit_torch_threads() -> int:
-    """Give torch the cores dask leaves it, so the two do not oversubscribe (once per process)."""
+    """Give each dask thread its share of the process's cores for torch (once per process).
+
+    The process's cores are ``OMP_NUM_THREADS`` when set (``xgpp.cluster("local")`` sets it per
+    worker), else all cores; each of the dask threads running tasks in this process gets an
+    equal share, so Dask and Torch together do not oversubscribe the machine.
+    """
     import torch
 
     try:
@@ -98,7 +103,8 @@ def _limit_torch_threads() -> int:
         pool = get_worker().state.nthreads
     except (ImportError, ValueError):
         pool = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    n = max(1, (os.cpu_count() or 1) // max(1, int(pool)))
+    cores = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    n = max(1, cores // max(1, int(pool)))
     torch.set_num_threads(n)
     return n
 

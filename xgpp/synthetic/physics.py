@@ -15,6 +15,7 @@ import pandas as pd
 
 from xgpp._pyrealm import UG_PER_S_TO_G_PER_DAY, quiet_pyrealm
 from xgpp.io import SW_TO_PPFD, esat_magnus
+from xgpp.io._time import step_days, step_range
 from xgpp.synthetic.config import BIOME, WorldConfig
 from xgpp.synthetic.noise import SmoothField, unit_vectors, white_normal
 
@@ -108,22 +109,13 @@ class Times:
 def time_axis(start: str, end: str, freq: str) -> Times:
     """Step starts between ``start`` and ``end`` (inclusive) and step lengths [d].
 
-    ``"8D"`` follows the MODIS convention: 46 steps a year starting each 1 January, the last
-    step of a year running to 31 December (5 or 6 days).
+    ``"8D"`` follows the MODIS convention (:mod:`xgpp.io._time`): 46 steps a year starting each
+    1 January, the last step of a year running to 31 December (5 or 6 days).
     """
     t0, t1 = pd.Timestamp(start), pd.Timestamp(end)
-    if freq == "8D":
-        starts = [pd.Timestamp(year=y, month=1, day=1) + pd.Timedelta(days=8 * k)
-                  for y in range(t0.year, t1.year + 1) for k in range(46)]
-        idx = pd.DatetimeIndex(starts)
-        year_end = pd.DatetimeIndex([pd.Timestamp(year=t.year + 1, month=1, day=1) for t in idx])
-        nxt = np.minimum((idx + pd.Timedelta(days=8)).values, year_end.values)
-        keep = (idx >= t0) & (idx <= t1)
-        days = ((nxt - idx.values) / np.timedelta64(1, "D"))[keep]
-        return Times(idx[keep], days.astype(float))
-    idx = pd.date_range(t0, t1, freq=freq)
-    nxt = idx + (pd.offsets.MonthBegin(1) if freq == "MS" else pd.Timedelta(days=1))
-    return Times(idx, ((nxt - idx) / pd.Timedelta(days=1)).to_numpy(dtype=float))
+    idx = step_range(t0, t1, freq)
+    idx = idx[idx >= t0]  # the world starts at the first step that starts on or after ``start``
+    return Times(idx, step_days(idx, freq))
 
 
 # ----------------------------------------------------------------------------- static fields
