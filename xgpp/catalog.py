@@ -24,6 +24,11 @@ Packaged catalogs live in the repository's top-level ``catalogs/`` folder:
     The same cubes under ``XGPP_GCS_ROOT`` (default ``gs://xgpp/twin-world``); ``token`` from
     ``XGPP_GCS_TOKEN`` (default ``google_default``; ``anon`` for public buckets).
 
+Catalogs can also list folders of real files (FLUXNET CSVs, TROPOMI or OCO-2 netCDF): build
+such entries with :func:`catalog_entry_for_source` and pass them to :func:`build_catalog` or
+:func:`write_catalog` (``sources=``); :func:`open_cube` opens them through the matching data
+source of :mod:`xgpp.io.sources`.
+
 Every catalog-level parameter (``XGPP_DATA``, ``XGPP_S3_ROOT``, ...) is taken from the
 environment variable of the same name when set, and from keyword arguments of
 :func:`open_catalog` above all.
@@ -46,6 +51,7 @@ __all__ = [
     "PACKAGED_CATALOGS",
     "STORES",
     "build_catalog",
+    "catalog_entry_for_source",
     "catalogs_dir",
     "entry_location",
     "list_entries",
@@ -116,8 +122,9 @@ def build_catalog(
     storage_options: Any = "{STORAGE_OPTIONS}",
     user_parameters: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    sources: Mapping[str, Any] | None = None,
 ) -> Catalog:
-    """Build an intake 2 catalog with one lazy Zarr entry per store.
+    """Build an intake 2 catalog with one lazy Zarr entry per store (and file-source entries).
 
     Parameters
     ----------
@@ -133,6 +140,9 @@ def build_catalog(
         Catalog-level intake user parameters (name -> ``BaseUserParameter``).
     metadata : mapping, optional
         Catalog metadata.
+    sources : mapping, optional
+        Entry name -> entry made by :func:`catalog_entry_for_source` (a FLUXNET, TROPOMI or
+        OCO-2 folder...).
 
     Returns
     -------
@@ -140,17 +150,95 @@ def build_catalog(
     """
     from intake.readers.entry import Catalog
 
-    names = list(names)
-    if not names:
-        raise ValueError("a catalog needs at least one store name; got none.")
+    names, sources = list(names), dict(sources or {})
+    if not names and not sources:
+        raise ValueError("a catalog needs at least one store name or source entry; got none.")
+    clash = sorted(set(names) & set(sources))
+    if clash:
+        raise ValueError(f"entry name(s) {clash} are both stores and sources; rename one.")
+    for name, reader in sources.items():
+        if not _is_source_entry(reader):
+            raise TypeError(f"sources[{name!r}] is {type(reader).__name__}, not an entry made by "
+                            "xgpp.catalog.catalog_entry_for_source(format, location).")
+    xgpp_meta = {"stores": names, **({"sources": list(sources)} if sources else {})}
     cat = Catalog(
-        metadata={"xgpp": {"stores": names}, **dict(metadata or {})},
+        metadata={"xgpp": xgpp_meta, **dict(metadata or {})},
         user_parameters=dict(user_parameters or {}),
     )
     for name in names:
         description = STORES.get(name, f"xgpp cube {name}")
         cat.add_entry(_entry(location, name, storage_options, description), name=name)
+    for name, reader in sources.items():
+        cat.add_entry(reader, name=name)
     return cat
+
+
+def catalog_entry_for_source(
+    format: str,  # noqa: A002 - the name open_cube uses
+    location: str,
+    *,
+    description: str | None = None,
+    reader_options: Mapping[str, Any] | None = None,
+):
+    """A catalog entry that opens files of a registered data source (FLUXNET, TROPOMI, OCO-2).
+
+    The entry is an intake 2 ``GenericFunc`` reader calling
+    :func:`xgpp.io.sources.open_source`, so it survives ``to_yaml_file``/``from_yaml_file``,
+    and both ``open_cube(name, catalog=cat)`` and ``cat[name].read()`` open it.
+
+    Parameters
+    ----------
+    format : str
+        A file source of :data:`xgpp.io.sources.SOURCES`: ``"fluxnet"``, ``"tropomi"``,
+        ``"oco2"`` (Zarr stores get their entries from :func:`build_catalog`).
+    location : str
+        Folder, glob, file or URL of the files; templates work, e.g.
+        ``"{CATALOG_DIR}/fluxnet"`` (the folder the catalog is read from).
+    description : str, optional
+        Shown in the entry's metadata.
+    reader_options : mapping, optional
+        Named keywords of the reader, stored in the entry (plain values only; paths may use
+        ``{CATALOG_DIR}``), e.g. ``{"sites": "{CATALOG_DIR}/fluxnet/sites.csv", "freq": "8D"}``.
+
+    Returns
+    -------
+    intake.readers.convert.GenericFunc
+        Pass it to ``build_catalog(..., sources={name: entry})`` or ``cat.add_entry``.
+    """
+    from intake.readers.convert import GenericFunc
+
+    from xgpp.io.sources import SOURCES, open_source
+
+    source = SOURCES.get(format)
+    if source is None or format == "zarr":
+        files = sorted(set(SOURCES) - {"zarr"})
+        raise ValueError(
+            f"format {format!r} is not a file source; choose one of {files}. Zarr stores get "
+            "their entries from build_catalog(location, names)."
+        )
+    options = dict(reader_options or {})
+    check = getattr(source, "check_options", None)
+    if check is not None:
+        check(options)
+    for key in ("paths", "format", "func", "storage_options"):
+        if key in options:
+            raise ValueError(f"reader option {key!r} is set by the entry itself; remove it.")
+    return GenericFunc(
+        func=open_source,
+        paths=location,
+        format=format,
+        **options,
+        output_instance="xarray:Dataset",
+        metadata={"description": description or source.description,
+                  "xgpp": {"format": format}},
+    )
+
+
+def _is_source_entry(reader: Any) -> bool:
+    """Whether ``reader`` was made by :func:`catalog_entry_for_source`."""
+    from xgpp.io.sources import open_source
+
+    return getattr(reader, "kwargs", {}).get("func") is open_source
 
 
 def write_catalog(
@@ -158,8 +246,9 @@ def write_catalog(
     names: Iterable[str] = tuple(STORES),
     storage_options: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    sources: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write ``ROOT/catalog.yaml`` listing the stores ``ROOT/<name>.zarr``.
+    """Write ``ROOT/catalog.yaml`` listing the stores ``ROOT/<name>.zarr`` (and file sources).
 
     Entries refer to ``{CATALOG_DIR}/<name>.zarr``, so the folder can be moved or copied as a
     whole; their storage options are those given to :func:`open_catalog` (none are stored).
@@ -174,6 +263,9 @@ def write_catalog(
         fsspec options used to *write* the YAML (e.g. S3 endpoint and credentials).
     extra : mapping, optional
         JSON/YAML-safe metadata recorded in the catalog (e.g. the ``WorldConfig`` as a dict).
+    sources : mapping, optional
+        Entry name -> :func:`catalog_entry_for_source` entry (e.g. a FLUXNET folder at
+        ``"{CATALOG_DIR}/fluxnet"``).
 
     Returns
     -------
@@ -185,7 +277,7 @@ def write_catalog(
 
     root = _strip_slash(root_url)
     options = dict(storage_options or {})
-    cat = build_catalog("{CATALOG_DIR}", names, metadata=dict(extra or {}))
+    cat = build_catalog("{CATALOG_DIR}", names, metadata=dict(extra or {}), sources=sources)
     url = f"{root}/{CATALOG_FILE}"
     try:
         fs, path = fsspec.core.url_to_fs(root, **options)
@@ -345,8 +437,14 @@ def list_entries(catalog: Catalog) -> list[str]:
 
 
 def entry_location(catalog: Catalog, name: str) -> tuple[str, dict[str, Any]]:
-    """Resolved ``(url, storage_options)`` of a catalog entry's Zarr store."""
+    """Resolved ``(url, storage_options)`` of a catalog entry's Zarr store or file source.
+
+    File-source entries (:func:`catalog_entry_for_source`) give their location (folder, glob
+    or URL) and no storage options.
+    """
     reader = _reader(catalog, name)
+    if _is_source_entry(reader):
+        return reader.kwargs["paths"], {}
     data = _reader_data(reader)
     options = {k: v for k, v in dict(data.storage_options or {}).items() if v is not None}
     return data.url, options
@@ -358,7 +456,8 @@ def _reader(catalog: Catalog, name: str):
         where = getattr(where, "default", where) or "the catalog"
         raise KeyError(
             f"no entry {name!r} in {where}; available entries: {list_entries(catalog)}. "
-            "Pass one of these, or a Zarr URL (path, s3://, gs://, memory://)."
+            "Pass one of these, or a path or URL (Zarr store, or a folder/glob of FLUXNET, "
+            "TROPOMI or OCO-2 files; write a local folder as './name')."
         )
     return catalog[name]
 
@@ -372,7 +471,8 @@ def _reader_data(reader):
             return value
     raise TypeError(
         f"catalog entry reader {type(reader).__name__} has no file-based data (kwargs "
-        f"{sorted(reader.kwargs)}); xgpp.open_cube opens entries over Zarr stores only."
+        f"{sorted(reader.kwargs)}); xgpp.open_cube opens entries over Zarr stores and entries "
+        "made by xgpp.catalog.catalog_entry_for_source."
     )
 
 
@@ -449,44 +549,83 @@ def open_cube(
     name_or_url: str | os.PathLike,
     *,
     catalog: Catalog | str | os.PathLike | None = None,
+    format: str | None = None,  # noqa: A002 - user-facing, as in xarray/pandas
+    reader_options: Mapping[str, Any] | None = None,
     **storage_options: Any,
 ) -> xr.Dataset:
-    """Open a cube lazily: a catalog entry name or a Zarr URL -> dask-backed ``xr.Dataset``.
+    """Open a cube lazily: a catalog entry name, a Zarr URL or a folder of real files.
 
     Parameters
     ----------
     name_or_url : str or path-like
         An entry of ``catalog`` (``"drivers"``, ``"truth"``, ``"sif_tropomi"``, ``"sif_oco2"``,
-        ``"sites"``) or a Zarr store: local path, ``s3://``, ``gs://``, ``memory://`` URL.
+        ``"sites"``, or a file-source entry) -- entry names are plain words -- or a path/URL:
+        a Zarr store (local path, ``s3://``, ``gs://``, ``memory://``), or a folder, glob, file
+        or fsspec URL of FLUXNET CSVs, TROPOMI ``TROPOSIF_*.nc`` or OCO-2 ``oco2_LtSIF_*.nc4``
+        files, detected by file name (see :mod:`xgpp.io.sources`).  Write a local folder whose
+        name is a plain word as ``"./name"``.
     catalog : Catalog or str, optional
         Catalog object or anything :func:`open_catalog` accepts; default the packaged
-        ``twin_world`` catalog.  Not used for URLs.
+        ``twin_world`` catalog.  Not used for paths and URLs.
+    format : str, optional
+        Skip detection and read a path with this registered source (``"zarr"``,
+        ``"fluxnet"``, ``"tropomi"``, ``"oco2"``: :data:`xgpp.io.sources.SOURCES`); its files
+        then need not follow the naming rule.
+    reader_options : mapping, optional
+        Named keywords of the file reader: ``sites``, ``gpp_variable``, ``freq``...
+        (:func:`xgpp.io.read_fluxnet`), ``grid``, ``freq``, ``variable``...
+        (:func:`xgpp.io.read_tropomi`, :func:`xgpp.io.read_oco2_lite`).  For a file-source
+        entry they update the options stored in the catalog.  Zarr cubes take none.
     **storage_options
-        fsspec options: for a URL, those of the store; for an entry, they update the entry's
-        (e.g. ``endpoint_url=...``).
+        fsspec options of a Zarr store: for a URL, those of the store; for an entry, they
+        update the entry's (e.g. ``endpoint_url=...``).  File readers open URLs with fsspec's
+        default configuration and take none.
 
     Returns
     -------
     xarray.Dataset
-        Dask-backed, chunked as stored; nothing is computed.
+        The canonical cube (docs/data_model.md): Zarr cubes dask-backed, chunked as stored,
+        nothing computed; file sources as their reader returns them (FLUXNET ``gpp`` on
+        ``(site, time)``; TROPOMI/OCO-2 ``sif``/``sif_count`` on ``(time, lat, lon)``, binned
+        lazily).
 
     Raises
     ------
     KeyError
         Unknown entry (the message lists the catalog's entries).
     FileNotFoundError
-        No Zarr store at the URL.
+        No Zarr store at the URL, or no files at the path.
+    ValueError
+        The files are of no known format, or of several (the message lists the formats).
     OSError
         The store cannot be reached or read.
     """
+    from xgpp.io.sources import SOURCES, open_source
+
     target = os.fspath(name_or_url)
+    options = dict(reader_options or {})
     if _is_url(target):
-        return _open_zarr(target, storage_options)
+        return open_source(target, format=format, storage_options=storage_options, **options)
     cat = catalog if hasattr(catalog, "entries") else open_catalog(catalog)
-    url, options = entry_location(cat, target)
-    options.update(storage_options)
+    reader = _reader(cat, target)
+    if _is_source_entry(reader):
+        stored = {k: v for k, v in reader.kwargs.items() if k not in ("func", "paths", "format")}
+        fmt, url = reader.kwargs["format"], reader.kwargs["paths"]
+        if format is not None and format != fmt:
+            raise ValueError(f"catalog entry {target!r} holds {fmt} files; format={format!r} "
+                             "applies to paths and URLs only. Drop it, or open the path itself.")
+        try:
+            return open_source(url, format=fmt, storage_options=storage_options,
+                               **{**stored, **options})
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"catalog entry {target!r} points to {url}, which cannot be opened: {err} "
+                f"(available entries: {list_entries(cat)})"
+            ) from err
+    url, store_options = entry_location(cat, target)
+    store_options.update(storage_options)
     try:
-        return _open_zarr(url, options)
+        return SOURCES["zarr"].open(url, storage_options=store_options, **options)
     except (FileNotFoundError, OSError) as err:
         raise type(err)(
             f"catalog entry {target!r} points to {url}, which cannot be opened: {err} "
