@@ -100,6 +100,42 @@ def test_predict_is_batch_size_invariant():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_default_batch_size_is_per_device_and_does_not_change_results():
+    from xgpp.models.base import default_batch_size
+
+    assert default_batch_size("cpu") < default_batch_size("cuda") == default_batch_size("cuda:1")
+    m = trained("siftml")
+    x, _ = m.features(chunk(), return_mask=True)
+    x = np.tile(x, (-(-3 * default_batch_size("cpu") // len(x)), 1))  # several default batches
+    np.testing.assert_allclose(m.predict_numpy(x), m.predict_numpy(x, batch_size=len(x)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_precision_is_close_but_not_float32():
+    m = trained("siftml")
+    x, _ = m.features(chunk(), return_mask=True)
+    exact = m.predict_numpy(x)
+    half = m.predict_numpy(x, precision="bfloat16")
+    assert half.dtype == np.float32 and half.shape == exact.shape
+    err = np.abs(half - exact)
+    assert err.max() > 0  # autocast really ran in bfloat16
+    assert err.max() < 0.05 * np.ptp(exact) + 0.05  # bfloat16 has ~3 significant digits
+    with pytest.raises(ValueError, match="precision='float8'.*float32"):
+        m.predict_numpy(x, precision="float8")
+    with pytest.raises(ValueError, match="batch_size must be a positive"):
+        m.predict_numpy(x, batch_size=-1)
+
+
+@pytest.mark.requires_gpu
+def test_cuda_forward_with_pinned_overlapped_batches_matches_cpu():
+    m = trained("siftml")
+    x, _ = m.features(chunk(), return_mask=True)
+    # several batches, so the side-stream prefetch of batch i+1 overlaps batch i
+    gpu = m.predict_numpy(x, device="cuda", batch_size=max(1, len(x) // 5))
+    np.testing.assert_allclose(gpu, m.predict_numpy(x), rtol=1e-4, atol=1e-4)
+    assert np.isfinite(m.predict_numpy(x, device="cuda", precision="float16")).all()
+
+
 def test_sif_only_uses_per_igbp_slopes():
     m = trained("sif-only")
     conv = m.provenance["sif_conversion"]

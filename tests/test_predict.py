@@ -128,11 +128,29 @@ def test_write_prediction_round_trip_and_complete_flag(tmp_path, drivers, model,
     write_prediction(drivers, model, url, progress=False)
     back = xr.open_zarr(url, consolidated=False)
     assert back.attrs["xgpp_complete"] is True
+    import zarr
+
+    (codec,) = zarr.open_array(f"{url}/gpp", mode="r").compressors
+    assert (codec.cname.value, codec.shuffle.value) == ("lz4", "shuffle")
     np.testing.assert_allclose(back["gpp"].values, reference, rtol=1e-5, atol=1e-5)
     # running again is a no-op; another model refuses to overwrite silently
     write_prediction(drivers, model, url, progress=False)
     with pytest.raises(FileExistsError, match="overwrite"):
         write_prediction(drivers, _model(drivers, seed=5), url, progress=False)
+
+
+def test_precision_is_recorded_and_part_of_the_store_identity(tmp_path, drivers, model,
+                                                              reference):
+    lazy = predict(drivers, model, precision="bfloat16")
+    assert lazy.attrs["xgpp_precision"] == "bfloat16"
+    np.testing.assert_allclose(lazy["gpp"].values, reference, atol=0.05 * np.nanmax(reference))
+    url = str(tmp_path / "p.zarr")
+    write_prediction(drivers, model, url, progress=False)
+    # a mixed-precision run is not the float32 store: no silent mix of the two
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_prediction(drivers, model, url, precision="bfloat16", progress=False)
+    with pytest.raises(ValueError, match="precision='half'"):
+        predict(drivers, model, precision="half")
 
 
 _RESUME_SCRIPT = """

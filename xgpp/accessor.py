@@ -29,22 +29,24 @@ class GPPDatasetAccessor:
 
         check_inputs(self._obj, model)
 
-    def predict(self, model: Any, *, batch_size: int = 262_144, device: str = "auto",
-                outputs: list[str] | None = None) -> xr.Dataset:
+    def predict(self, model: Any, *, batch_size: int | None = None, device: str = "auto",
+                outputs: list[str] | None = None, precision: str = "float32") -> xr.Dataset:
         """Lazy prediction of every model output on this grid; see :func:`xgpp.predict.predict`."""
         from xgpp.predict import predict
 
-        return predict(self._obj, model, batch_size=batch_size, device=device, outputs=outputs)
+        return predict(self._obj, model, batch_size=batch_size, device=device, outputs=outputs,
+                       precision=precision)
 
     def to_zarr(self, model: Any, url: str, *, storage_options: dict | None = None,
-                batch_size: int = 262_144, device: str = "auto", outputs: list[str] | None = None,
+                batch_size: int | None = None, device: str = "auto",
+                outputs: list[str] | None = None, precision: str = "float32",
                 overwrite: bool = False, progress: bool = True) -> str:
         """Predict and stream to a Zarr store, resumably; see :func:`xgpp.predict.write_prediction`."""
         from xgpp.predict import write_prediction
 
         return write_prediction(self._obj, model, url, storage_options=storage_options,
                                 batch_size=batch_size, device=device, outputs=outputs,
-                                overwrite=overwrite, progress=progress)
+                                precision=precision, overwrite=overwrite, progress=progress)
 
     def train(self, *, sites: xr.Dataset | None = None, sif: xr.Dataset | None = None,
               method: str = "siftml", **options: Any) -> Any:

@@ -58,14 +58,19 @@ def predict(
     start: Annotated[str | None, typer.Option(help="First date to predict.")] = None,
     end: Annotated[str | None, typer.Option(help="Last date to predict.")] = None,
     bbox: Annotated[str | None, typer.Option(help="lon_min,lat_min,lon_max,lat_max [degree].")] = None,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="float32, or bfloat16/float16 for mixed precision (autocast).")] = "float32",
+    batch_size: Annotated[int | None, typer.Option(
+        help="Rows per forward pass (default: 4096 on a CPU, 2**20 on a GPU).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a store from another run.")] = False,
 ) -> None:
     """Predict GPP over a catalog's driver cube to Zarr (resumes an interrupted run)."""
     from xgpp.workflows import predict_from_catalog
 
     url = predict_from_catalog(catalog, model, out, cluster=cluster, start=start, end=end,
-                               bbox=bbox, device=device, overwrite=overwrite)
+                               bbox=bbox, device=device, precision=precision,
+                               batch_size=batch_size, overwrite=overwrite)
     typer.echo(f"wrote {url}; catalog {out}/catalog.yaml (entry 'prediction')")
 
 

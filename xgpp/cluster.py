@@ -286,7 +286,9 @@ class CUDABackend(_ClientBackend):
     ----------
     **cluster_kwargs
         Passed on to ``dask_cuda.LocalCUDACluster`` (e.g. ``CUDA_VISIBLE_DEVICES``,
-        ``rmm_pool_size``, ``threads_per_worker``).
+        ``rmm_pool_size``).  ``threads_per_worker`` defaults to 2 (dask-cuda's default is 1),
+        so one thread reads and decodes the next chunk while the other runs the model on the
+        GPU: I/O overlapped with compute.
     """
 
     kind = "cuda"
@@ -314,7 +316,7 @@ class CUDABackend(_ClientBackend):
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). "
                 "Use kind='local' or kind='auto' on machines without a GPU."
             )
-        self.cluster = LocalCUDACluster(**self.cluster_kwargs)
+        self.cluster = LocalCUDACluster(**{"threads_per_worker": 2, **self.cluster_kwargs})
         self.client = Client(self.cluster)
         return self.client
 

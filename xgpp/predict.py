@@ -16,14 +16,20 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from zarr.codecs import BloscCodec
 
 from xgpp._progress import active_client
 from xgpp._version import __version__
-from xgpp.models.base import Model
+from xgpp.models.base import PRECISIONS, Model
 
 __all__ = ["check_inputs", "predict", "resolve_device", "write_prediction"]
 
 _DIMS = ("time", "lat", "lon")
+
+#: Codec of stored predictions: Blosc LZ4 with byte shuffle.  On a 46 x 90 x 90 float32 GPP
+#: chunk it encodes about twice as fast as Zarr's default zstd and decodes faster, at the same
+#: size; every Zarr v3 reader has Blosc.
+OUTPUT_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -110,7 +116,8 @@ def _limit_torch_threads() -> int:
 
 
 def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns: list[int],
-                   device: str, batch_size: int, lat: np.ndarray, lon: np.ndarray,
+                   device: str, batch_size: int | None, precision: str, lat: np.ndarray,
+                   lon: np.ndarray,
                    block_info: Any = None) -> np.ndarray:
     """Kernel for one chunk.
 
@@ -129,15 +136,15 @@ def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns:
     out = np.full((len(columns), *shape), np.nan, dtype=np.float32)
     x, valid = model.features(chunk, return_mask=True)
     if x.shape[0]:
-        y = model.predict_numpy(x, device=device, batch_size=batch_size)
+        y = model.predict_numpy(x, device=device, batch_size=batch_size, precision=precision)
         flat = out.reshape(len(columns), -1)
         for k, c in enumerate(columns):
             flat[k, valid] = y[:, c]
     return out
 
 
-def predict(ds: xr.Dataset, model: Model, *, batch_size: int = 262_144, device: str = "auto",
-            outputs: list[str] | None = None) -> xr.Dataset:
+def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, device: str = "auto",
+            outputs: list[str] | None = None, precision: str = "float32") -> xr.Dataset:
     """Apply ``model`` to every (time, lat, lon) pixel of ``ds``, lazily.
 
     Parameters
@@ -147,12 +154,17 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int = 262_144, device: 
         data stay lazy and are streamed chunk by chunk.
     model : Model
         A trained model (``xgpp.load_model(path)``).
-    batch_size : int
-        Rows per forward pass inside a chunk.
+    batch_size : int, optional
+        Rows per forward pass inside a chunk; default by device
+        (:data:`xgpp.models.base.DEFAULT_BATCH_SIZE`: 4096 on a CPU, 2**20 on a GPU).
     device : str
-        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.  On a GPU each chunk's rows
+        are pinned and copied to the device on a side stream, overlapped with compute.
     outputs : list of str, optional
         Subset of ``model.outputs`` to return (default: all, e.g. ``gpp`` and ``sif``).
+    precision : {"float32", "bfloat16", "float16"}
+        Arithmetic of the forward pass; below float32 it runs under ``torch.autocast`` (mixed
+        precision) and is recorded in the output's ``xgpp_precision`` attribute.
 
     Returns
     -------
@@ -167,6 +179,10 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int = 262_144, device: 
     if unknown:
         raise ValueError(f"model {model.id} has outputs {names}; {unknown} requested.")
     columns = [names.index(o) for o in wanted]
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; choose one of {list(PRECISIONS)}.")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive number of rows, got {batch_size}.")
     dev = resolve_device(device)
 
     ref = ds[varying[0]]
@@ -182,9 +198,10 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int = 262_144, device: 
     out = da.map_blocks(
         _predict_block, *arrays, *statics, model_key,
         varying=varying, static=static, columns=columns, device=dev, batch_size=batch_size,
-        lat=lat, lon=lon, new_axis=0, chunks=((len(columns),), *chunks), dtype=np.float32,
+        precision=precision, lat=lat, lon=lon, new_axis=0, chunks=((len(columns),), *chunks), dtype=np.float32,
         meta=np.empty((0, 0, 0, 0), np.float32),
         name="xgpp-predict-" + dask.base.tokenize(model.sha256, varying, static, columns,
+                                                   precision,
                                                    [a.name for a in arrays + statics]),
     )
     attrs = {
@@ -192,6 +209,7 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int = 262_144, device: 
         "xgpp_model_sha256": model.sha256,
         "xgpp_model_inputs": json.dumps(list(model.inputs)),
         "xgpp_version": __version__,
+        "xgpp_precision": precision,
         "source": f"xgpp.predict with model {model.id}",
     }
     result = xr.Dataset(
@@ -211,6 +229,7 @@ def _fingerprint(result: xr.Dataset, model: Model) -> str:
     desc = {
         "model": model.sha256, "outputs": list(result.data_vars),
         "inputs": list(model.inputs),
+        "precision": result.attrs.get("xgpp_precision", "float32"),
         "time": [str(t[0]), str(t[-1]), int(t.size)] if t.size else [],
         "lat": [float(result.lat[0]), float(result.lat[-1]), int(result.lat.size)],
         "lon": [float(result.lon[0]), float(result.lon[-1]), int(result.lon.size)],
@@ -220,9 +239,9 @@ def _fingerprint(result: xr.Dataset, model: Model) -> str:
 
 
 def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options: dict | None = None,
-                     batch_size: int = 262_144, device: str = "auto",
-                     outputs: list[str] | None = None, overwrite: bool = False,
-                     progress: bool = True) -> str:
+                     batch_size: int | None = None, device: str = "auto",
+                     outputs: list[str] | None = None, precision: str = "float32",
+                     overwrite: bool = False, progress: bool = True) -> str:
     """Predict and stream the result to a Zarr v3 store, resumably.
 
     The store is written one time slab (one row of chunks) at a time; each finished slab is
@@ -233,7 +252,7 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
 
     Parameters
     ----------
-    ds, model, batch_size, device, outputs
+    ds, model, batch_size, device, outputs, precision
         As for :func:`predict`.
     url : str
         Target store (local path or fsspec URL).
@@ -252,7 +271,8 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     import fsspec
     import zarr
 
-    result = predict(ds, model, batch_size=batch_size, device=device, outputs=outputs)
+    result = predict(ds, model, batch_size=batch_size, device=device, outputs=outputs,
+                     precision=precision)
     fp = _fingerprint(result, model)
     opts = storage_options or {}
     fs, root = fsspec.core.url_to_fs(url, **opts)
@@ -273,7 +293,8 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
         init = result.copy()
         init.attrs.update(xgpp_fingerprint=fp, xgpp_complete=False, xgpp_done_slabs=[])
         init.to_zarr(url, mode="w", compute=False, zarr_format=3, consolidated=False,
-                     storage_options=opts or None)
+                     storage_options=opts or None,
+                     encoding={o: {"compressors": OUTPUT_COMPRESSORS} for o in init.data_vars})
         done = set()
     group = zarr.open_group(url, mode="r+", storage_options=opts or None)
 

@@ -44,8 +44,10 @@ def _maybe_cluster(kind: str | None) -> Iterator[Any]:
 
 def predict_from_catalog(catalog: str, model: str, out: str, *, cluster: str | None = "local",
                          start: str | None = None, end: str | None = None,
-                         bbox: str | None = None, device: str = "auto", overwrite: bool = False,
-                         storage_options: dict | None = None, progress: bool = True) -> str:
+                         bbox: str | None = None, device: str = "auto",
+                         precision: str = "float32", batch_size: int | None = None,
+                         overwrite: bool = False, storage_options: dict | None = None,
+                         progress: bool = True) -> str:
     """Predict over the catalog's ``drivers`` to ``OUT/prediction.zarr`` and write ``OUT/catalog.yaml``.
 
     Re-running with the same arguments resumes an interrupted run.
@@ -58,7 +60,8 @@ def predict_from_catalog(catalog: str, model: str, out: str, *, cluster: str | N
     drivers = subset(open_cube("drivers", catalog=catalog), start=start, end=end, bbox=bbox)
     url = f"{str(out).rstrip('/')}/prediction.zarr"
     with _maybe_cluster(cluster):
-        write_prediction(drivers, bundle, url, device=device, overwrite=overwrite,
+        write_prediction(drivers, bundle, url, device=device, precision=precision,
+                         batch_size=batch_size, overwrite=overwrite,
                          storage_options=storage_options, progress=progress)
     write_catalog(out, names=("prediction",), storage_options=storage_options,
                   extra={"model": bundle.id, "catalog": str(catalog)})

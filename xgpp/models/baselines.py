@@ -184,10 +184,15 @@ class PModelBaseline:
         return x[valid], valid
 
     def predict_numpy(self, features: np.ndarray, *, device: str = "cpu",
-                      batch_size: int = 1_000_000) -> np.ndarray:
-        """GPP ``(n, 1)`` [gC m-2 d-1] from :meth:`features` rows (``device`` is ignored)."""
+                      batch_size: int | None = None, precision: str = "float32") -> np.ndarray:
+        """GPP ``(n, 1)`` [gC m-2 d-1] from :meth:`features` rows.
+
+        The P-model runs in numpy float64 on the CPU: ``device`` and ``precision`` are ignored,
+        and ``batch_size`` (default 1 000 000) bounds pyrealm's temporaries.
+        """
         from pyrealm.pmodel import PModel, PModelEnvironment
 
+        batch_size = batch_size or 1_000_000
         x = np.asarray(features, np.float64)
         out = np.zeros((x.shape[0], 1), np.float32)
         for i in range(0, x.shape[0], batch_size):

@@ -11,10 +11,12 @@ A bundle is a folder (local path or any fsspec URL) holding::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import platform
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +26,7 @@ import xarray as xr
 from torch import nn
 
 from xgpp._version import __version__
-from xgpp.models.base import BUNDLE_FORMAT
+from xgpp.models.base import BUNDLE_FORMAT, PRECISIONS, default_batch_size
 from xgpp.models.features import FeatureSpec, columns_from_dataset
 from xgpp.models.mlp import MLP, MLPConfig
 from xgpp.variables import VARIABLES
@@ -42,6 +44,61 @@ __all__ = [
 METADATA_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 FORMAT_NAME = "xgpp-model-bundle"
+
+
+_DEVICE_LOCK = threading.Lock()
+
+
+def _autocast(device_type: str, precision: str) -> Any:
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, precision))
+
+
+def _forward_cpu(module: nn.Module, x: np.ndarray, bs: int, n_out: int,
+                 precision: str) -> np.ndarray:
+    """Forward pass over ``x`` in batches of ``bs`` rows, results written in place."""
+    out = np.empty((x.shape[0], n_out), np.float32)
+    with torch.inference_mode(), _autocast("cpu", precision):
+        for i in range(0, x.shape[0], bs):
+            out[i:i + bs] = module(torch.from_numpy(x[i:i + bs])).float().numpy()
+    return out
+
+
+def _forward_cuda(module: nn.Module, x: np.ndarray, bs: int, n_out: int,
+                  precision: str) -> np.ndarray:
+    """Forward pass on a GPU with host transfers overlapped with compute.
+
+    The rows are copied once into page-locked (pinned) host memory, so host-to-device copies
+    are asynchronous DMA; batch ``i + 1`` is copied on a side stream while batch ``i`` runs on
+    the compute stream, and results come back into a pinned buffer without blocking.  One
+    synchronisation at the end.
+    """
+    dev = next(module.parameters()).device
+    n = x.shape[0]
+    src = torch.from_numpy(x).pin_memory()
+    res = torch.empty((n, n_out), dtype=torch.float32, pin_memory=True)
+    compute = torch.cuda.current_stream(dev)
+    side = torch.cuda.Stream(dev)
+
+    def upload(i: int) -> tuple[torch.Tensor, torch.cuda.Event]:
+        with torch.cuda.stream(side):
+            xb = src[i:i + bs].to(dev, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(side)
+        return xb, ready
+
+    with torch.inference_mode(), _autocast("cuda", precision):
+        nxt = upload(0) if n else None
+        for i in range(0, n, bs):
+            xb, ready = nxt
+            compute.wait_event(ready)
+            xb.record_stream(compute)  # xb was allocated on the side stream
+            if i + bs < n:
+                nxt = upload(i + bs)
+            res[i:i + bs].copy_(module(xb).float(), non_blocking=True)
+    compute.synchronize()
+    return res.numpy().copy()
 
 
 class BundleFormatError(ValueError):
@@ -222,13 +279,26 @@ class TorchModel:
         if dev.type == "cpu":
             return self.module
         key = str(dev)
-        if key not in self._on_device:
-            self._on_device[key] = copy.deepcopy(self.module).to(dev).eval()
+        with _DEVICE_LOCK:  # dask threads of one worker share the model: copy it once
+            if key not in self._on_device:
+                self._on_device[key] = copy.deepcopy(self.module).to(dev).eval()
         return self._on_device[key]
 
     def predict_numpy(self, features: np.ndarray, *, device: str = "cpu",
-                      batch_size: int = 262_144) -> np.ndarray:
+                      batch_size: int | None = None, precision: str = "float32") -> np.ndarray:
         """Apply the network to features from :meth:`features` (no NaN rows).
+
+        Parameters
+        ----------
+        features : numpy.ndarray
+            ``(n, n_features)`` rows from :meth:`features`.
+        device : str
+            ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        batch_size : int, optional
+            Rows per forward pass; default :data:`xgpp.models.base.DEFAULT_BATCH_SIZE` for the
+            device (small on a CPU, where cache-sized batches are fastest; large on a GPU).
+        precision : {"float32", "bfloat16", "float16"}
+            Arithmetic of the forward pass (``torch.autocast`` below float32).
 
         Returns
         -------
@@ -239,13 +309,17 @@ class TorchModel:
         if x.ndim != 2 or x.shape[1] != self.spec.n_features:
             raise ValueError(f"features have shape {x.shape}; this model expects (n, "
                              f"{self.spec.n_features}) from model.features(ds).")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}; choose one of {list(PRECISIONS)}.")
+        bs = int(batch_size or default_batch_size(device))
+        if bs < 1:
+            raise ValueError(f"batch_size must be a positive number of rows, got {batch_size}.")
         module = self._module_on(device)
         dev = next(module.parameters()).device
-        out = np.empty((x.shape[0], len(self.outputs)), np.float32)
-        with torch.inference_mode():
-            for i in range(0, x.shape[0], batch_size):
-                xb = torch.from_numpy(x[i:i + batch_size]).to(dev, non_blocking=True)
-                out[i:i + batch_size] = module(xb).float().cpu().numpy()
+        if dev.type == "cuda":
+            out = _forward_cuda(module, x, bs, len(self.outputs), precision)
+        else:
+            out = _forward_cpu(module, x, bs, len(self.outputs), precision)
         out *= self.output_scale
         out += self.output_offset
         return out
