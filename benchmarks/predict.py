@@ -3,7 +3,10 @@
 All variants run in one process on the same twin-world driver cube (0.5 degree, 92 steps by
 default, chunks 46 x 90 x 90) and the same model (6-64-64-1 MLP).  Reports samples per second,
 the ratio to the bare limit (a), and peak memory of the process and its workers; (b) and (e)
-are repeated with the time axis doubled.
+are repeated with the time axis doubled.  Besides the variants (a)-(e) of the issue it reports
+(a') the bare limit at the former 262 144-row batch, (f) the I/O floor (read the same inputs
+and write one output, no model) and the limit of model and I/O sharing the same cores, and a
+fresh process's peak memory (a user script: imports, scheduler, workers).
 
     python benchmarks/predict.py [--resolution 0.5] [--years 2] [--quick] [--device cpu]
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,14 +35,16 @@ DATA = Path(__file__).parent / "results" / "data"
 
 
 class PeakMemory:
-    """Peak RSS [bytes] of this process plus its children, sampled every 50 ms."""
+    """Peak RSS [bytes] of this process (unless ``children_only``) plus its children, sampled
+    every 50 ms."""
 
-    def __init__(self) -> None:
+    def __init__(self, children_only: bool = False) -> None:
         self.peak, self._stop = 0, threading.Event()
+        self.children_only = children_only
 
     def _rss(self) -> int:
         me = psutil.Process()
-        total = me.memory_info().rss
+        total = 0 if self.children_only else me.memory_info().rss
         for child in me.children(recursive=True):
             try:
                 total += child.memory_info().rss
@@ -90,8 +97,9 @@ def chunk_slices(ds: xr.Dataset):
                        for d, n in zip(("time", "lat", "lon"), (i, j, k), strict=True)}
 
 
-def bench(name: str, fn, n: int, table: list, base: float | None = None) -> float:
-    with PeakMemory() as mem:
+def bench(name: str, fn, n: int, table: list, base: float | None = None, *,
+          children_only: bool = False) -> float:
+    with PeakMemory(children_only) as mem:
         t0 = time.perf_counter()
         fn()
         dt = time.perf_counter() - t0
@@ -122,6 +130,12 @@ def run(args: argparse.Namespace) -> None:
         for x in feats:
             model.predict_numpy(x, device=args.device)
     base = bench("(a) bare limit: model on in-memory chunk arrays", bare, n_total, table)
+    if not args.device.startswith("cuda"):
+        def bare_big():
+            for x in feats:
+                model.predict_numpy(x, device=args.device, batch_size=262_144)
+        bench("(a') bare limit, 262 144-row batches (xgpp < 0.2 default)", bare_big, n_total,
+              table, base)
     feats.clear()
 
     # (b) naive: load, stack to 2-D, predict, reshape, write
@@ -187,32 +201,75 @@ def run(args: argparse.Namespace) -> None:
         shutil.rmtree(path, ignore_errors=True)
         d.gpp.predict(model, device=args.device).to_zarr(path, mode="w", zarr_format=3,
                                                          consolidated=False)
+
+    def xg_resumable(path=out / "xgpp_resumable.zarr"):
+        shutil.rmtree(path, ignore_errors=True)
+        ds.gpp.to_zarr(model, str(path), device=args.device, progress=False)
+
+    # (f) the I/O floor: read the same inputs and write one output of the same shape, no model
+    def io_only(path=out / "io.zarr"):
+        shutil.rmtree(path, ignore_errors=True)
+        total = sum(ds[v] for v in model.inputs).astype("float32").rename("gpp")
+        total.to_dataset().to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+
+    kind = "cuda" if args.device.startswith("cuda") else "local"
     # a fresh cluster's first run pays one-off costs (workers import torch and xgpp, unpickle
     # the model); the second run on the same cluster is what a long job sees
-    with xgpp.cluster("local") as client:
+    with xgpp.cluster(kind) as client:
         sizing = f"{len(client.scheduler_info()['workers'])} workers"
-        bench(f"(e) ds.gpp.predict().to_zarr, LocalCluster ({sizing}), first run", xg, n_total,
-              table, base)
-        bench(f"(e) ds.gpp.predict().to_zarr, LocalCluster ({sizing}), second run", xg, n_total,
-              table, base)
-    with xgpp.cluster("local", n_workers=1, threads_per_worker=2):
-        xg()
-        bench("(e) ds.gpp.predict().to_zarr, LocalCluster (1 worker x 2 threads), second run",
-              xg, n_total, table, base)
+        bench(f"(e) ds.gpp.predict().to_zarr, {kind} cluster ({sizing}), first run", xg,
+              n_total, table, base)
+        bench(f"(e) ds.gpp.predict().to_zarr, {kind} cluster ({sizing}), second run", xg,
+              n_total, table, base)
+        bench(f"(e) ds.gpp.to_zarr (resumable writer), {kind} cluster ({sizing})", xg_resumable,
+              n_total, table, base)
+        io_only()
+        io_rate = bench(f"(f) I/O floor: read inputs + write one output, no model, {kind} "
+                        "cluster", io_only, n_total, table, base)
+    if kind == "local":
+        with xgpp.cluster("local", n_workers=1, threads_per_worker=2):
+            xg()
+            bench("(e) ds.gpp.predict().to_zarr, LocalCluster (1 worker x 2 threads), second "
+                  "run", xg, n_total, table, base)
     bench("(e) ds.gpp.predict().to_zarr, threaded", xg, n_total, table, base)
+    serial = 1.0 / (1.0 / base + 1.0 / io_rate)
+    print(f"(a)+(f) in series, the limit with I/O on the same cores: {serial / 1e6:.3f} M "
+          f"samples/s = {serial / base:.2f} x (a)", flush=True)
+    table.append(("(a)+(f) in series: model and I/O on the same cores (derived)", serial,
+                  serial / base, float("nan")))
+
+    # fresh process: what a user's script costs in memory (its own imports, the scheduler,
+    # the workers), measured from outside on the child's process tree only
+    cmd = [sys.executable, __file__, "--child", "--resolution", str(args.resolution),
+           "--years", str(args.years), "--device", args.device]
+    bench(f"(e) fresh process: imports, cube, model, new {kind} cluster, predict().to_zarr "
+          "(rate includes start-up; memory of that process and its workers only)",
+          lambda: subprocess.run(cmd, check=True), n_total, table, base, children_only=True)
 
     if not args.quick:
         ds2 = cube(args.resolution, 2 * args.years)
         n2 = 2 * n_total
         bench("(b) naive, time axis doubled", lambda: naive(ds2, out / "naive2.zarr"), n2, table, base)
-        with xgpp.cluster("local"):
+        with xgpp.cluster(kind):
             xg()
-            bench("(e) LocalCluster, time axis doubled, second run",
+            bench(f"(e) {kind} cluster, time axis doubled, second run",
                   lambda: xg(ds2, out / "xgpp2.zarr"), n2, table, base)
 
     print("\n| variant | M samples/s | ratio to (a) | peak memory [GiB] |\n|---|---|---|---|")
     for name, rate, ratio, peak in table:
-        print(f"| {name} | {rate / 1e6:.4g} | {ratio:.3g} | {peak:.2f} |")
+        mem = "" if np.isnan(peak) else f"{peak:.2f}"
+        print(f"| {name} | {rate / 1e6:.4g} | {ratio:.3g} | {mem} |")
+
+
+def child(args: argparse.Namespace) -> None:
+    """One prediction as a user script runs it (``--child``; measured by the parent)."""
+    ds = cube(args.resolution, args.years)
+    model = make_model(ds)
+    path = DATA / "out" / "child.zarr"
+    shutil.rmtree(path, ignore_errors=True)
+    with xgpp.cluster("cuda" if args.device.startswith("cuda") else "local"):
+        ds.gpp.predict(model, device=args.device).to_zarr(path, mode="w", zarr_format=3,
+                                                          consolidated=False)
 
 
 if __name__ == "__main__":
@@ -221,4 +278,6 @@ if __name__ == "__main__":
     p.add_argument("--years", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="skip the doubled-record runs")
-    run(p.parse_args())
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    child(a) if a.child else run(a)

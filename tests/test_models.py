@@ -126,6 +126,14 @@ def test_mixed_precision_is_close_but_not_float32():
         m.predict_numpy(x, batch_size=-1)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    m = trained("siftml")
+    x, _ = m.features(chunk(), return_mask=True)
+    with pytest.raises(RuntimeError, match="no CUDA GPU.*device='auto'"):
+        m.predict_numpy(x, device="cuda")
+
+
 @pytest.mark.requires_gpu
 def test_cuda_forward_with_pinned_overlapped_batches_matches_cpu():
     m = trained("siftml")

@@ -151,6 +151,8 @@ def test_precision_is_recorded_and_part_of_the_store_identity(tmp_path, drivers,
         write_prediction(drivers, model, url, precision="bfloat16", progress=False)
     with pytest.raises(ValueError, match="precision='half'"):
         predict(drivers, model, precision="half")
+    with pytest.raises(ValueError, match="device='tpu'.*'cuda:N'"):
+        predict(drivers, model, device="tpu")
 
 
 _RESUME_SCRIPT = """

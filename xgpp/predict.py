@@ -33,9 +33,20 @@ OUTPUT_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible to torch, else ``"cpu"``."""
-    if device != "auto":
-        return device
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible to torch, else ``"cpu"``.
+
+    :func:`predict` resolves ``"auto"`` inside each task, on the worker that runs it: a laptop
+    client driving a GPU cluster (Dask Gateway, dask-cuda) gets the workers' GPUs.
+    """
+    if device == "auto":
+        return _auto_device()
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device={device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    return device
+
+
+@functools.cache
+def _auto_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -125,6 +136,7 @@ def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns:
     last the model.  Returns (output, time, lat, lon) float32, NaN where an input is missing.
     """
     _limit_torch_threads()
+    device = resolve_device(device)
     *arrays, model = blocks
     shape = arrays[0].shape
     loc = block_info[0]["array-location"] if block_info else [(0, s) for s in shape]
@@ -183,7 +195,8 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
         raise ValueError(f"precision={precision!r}; choose one of {list(PRECISIONS)}.")
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive number of rows, got {batch_size}.")
-    dev = resolve_device(device)
+    if device != "auto":
+        resolve_device(device)  # a bad name fails here, before any compute
 
     ref = ds[varying[0]]
     arrays = [da.asarray(ds[n].data) for n in varying]
@@ -197,7 +210,7 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
     lat, lon = ds["lat"].values, ds["lon"].values
     out = da.map_blocks(
         _predict_block, *arrays, *statics, model_key,
-        varying=varying, static=static, columns=columns, device=dev, batch_size=batch_size,
+        varying=varying, static=static, columns=columns, device=device, batch_size=batch_size,
         precision=precision, lat=lat, lon=lon, new_axis=0, chunks=((len(columns),), *chunks), dtype=np.float32,
         meta=np.empty((0, 0, 0, 0), np.float32),
         name="xgpp-predict-" + dask.base.tokenize(model.sha256, varying, static, columns,

@@ -278,6 +278,12 @@ class TorchModel:
         dev = torch.device(device)
         if dev.type == "cpu":
             return self.module
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device={device!r} but this process sees no CUDA GPU (torch "
+                f"{torch.__version__}: torch.cuda.is_available() is False). Use device='auto' "
+                "(CUDA where a worker has a GPU, else CPU) or device='cpu'."
+            )
         key = str(dev)
         with _DEVICE_LOCK:  # dask threads of one worker share the model: copy it once
             if key not in self._on_device:
