@@ -139,6 +139,15 @@ def test_write_prediction_round_trip_and_complete_flag(tmp_path, drivers, model,
         write_prediction(drivers, _model(drivers, seed=5), url, progress=False)
 
 
+def test_write_prediction_of_a_subset_starting_mid_chunk(tmp_path, drivers, model, reference):
+    sub = drivers.isel(time=slice(5, None), lat=slice(3, None))  # chunks (7, 12, ...), (12, 15)
+    url = str(tmp_path / "sub.zarr")
+    write_prediction(sub, model, url, progress=False)
+    back = xr.open_zarr(url, consolidated=False)
+    assert back.attrs["xgpp_complete"] is True
+    np.testing.assert_allclose(back["gpp"].values, reference[5:, 3:], rtol=1e-5, atol=1e-5)
+
+
 def test_precision_is_recorded_and_part_of_the_store_identity(tmp_path, drivers, model,
                                                               reference):
     lazy = predict(drivers, model, precision="bfloat16")

@@ -87,9 +87,28 @@ def demo(
     run_demo(out, resolution=resolution, years=years, cluster=cluster)
 
 
+#: Errors that describe bad input or an unreachable service: the CLI prints their message (which
+#: names the variable, file or address and the fix) instead of a traceback.
+USER_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError, ImportError)
+
+
 def main() -> None:
-    """Entry point of the ``xgpp`` console script."""
-    app()
+    """Entry point of the ``xgpp`` console script.
+
+    Bad input ends with ``xgpp: error: ...`` on stderr and exit status 1; set ``XGPP_DEBUG=1``
+    for the full traceback.
+    """
+    import os
+    import sys
+
+    try:
+        app()  # usage errors, --help and exit codes are typer's (standalone mode)
+    except USER_ERRORS as err:
+        if os.environ.get("XGPP_DEBUG"):
+            raise
+        typer.echo(f"xgpp: error: {type(err).__name__}: {err}\n"
+                   "(set XGPP_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

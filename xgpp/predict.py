@@ -235,6 +235,25 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
 
 
 # ----------------------------------------------------------------------------- resumable write
+def _zarr_regular(ds: xr.Dataset, model: Model) -> xr.Dataset:
+    """Rechunk the model's inputs so every output chunk is Zarr-regular.
+
+    Zarr needs equal chunks along a dimension except a shorter last one; a subset of a cube
+    (``--start``, ``--bbox``) usually starts mid-chunk.  Each such dimension gets chunks of
+    its largest chunk size (tasks then read from up to two source chunks).
+    """
+    chunks = ds[check_inputs(ds, model)[0][0]].chunksizes
+    fix = {}
+    for dim, c in chunks.items():
+        if len(c) > 1 and (len(set(c[:-1])) > 1 or c[-1] > c[0]):
+            fix[dim] = max(c)
+    if not fix:
+        return ds
+    names = [n for n in model.inputs if any(d in ds[n].dims for d in fix)]
+    return ds.assign({n: ds[n].chunk({d: s for d, s in fix.items() if d in ds[n].dims})
+                      for n in names})
+
+
 def _fingerprint(result: xr.Dataset, model: Model) -> str:
     import hashlib
 
@@ -284,8 +303,8 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     import fsspec
     import zarr
 
-    result = predict(ds, model, batch_size=batch_size, device=device, outputs=outputs,
-                     precision=precision)
+    result = predict(_zarr_regular(ds, model), model, batch_size=batch_size, device=device,
+                     outputs=outputs, precision=precision)
     fp = _fingerprint(result, model)
     opts = storage_options or {}
     fs, root = fsspec.core.url_to_fs(url, **opts)

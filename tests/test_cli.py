@@ -1,0 +1,86 @@
+"""The ``xgpp`` command line end to end, as a user runs it: a real process, real stores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+from test_predict import _model
+
+import xgpp
+from xgpp.predict import predict
+from xgpp.synthetic import make_world, write_world
+
+
+def xgpp_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XGPP_DEBUG": ""}
+    return subprocess.run([sys.executable, "-m", "xgpp.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def world_and_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    world = make_world(resolution=6.0, start="2019-01-01", end="2019-12-31", n_sites=10,
+                       chunks={"time": 12, "lat": 15, "lon": 20})
+    write_world(str(root / "world"), world, progress=False)
+    model = _model(world.drivers)
+    model.save(str(root / "model"))
+    return root, world, model
+
+
+def test_predict_command_writes_a_complete_store_with_its_catalog(world_and_model):
+    root, world, model = world_and_model
+    out = root / "pred"
+    res = xgpp_cli("predict", "--catalog", str(root / "world" / "catalog.yaml"),
+                   "--model", str(root / "model"), "--out", str(out), "--cluster", "none",
+                   "--precision", "bfloat16", "--batch-size", "500", "--start", "2019-03-01",
+                   "--bbox", "-60,-30,60,60")
+    assert res.returncode == 0, res.stderr
+    got = xgpp.open_cube("prediction", catalog=str(out / "catalog.yaml"))
+    assert got.attrs["xgpp_complete"] is True and got.attrs["xgpp_precision"] == "bfloat16"
+    assert got.attrs["xgpp_model_sha256"] == model.sha256
+    assert got.time.values[0] >= np.datetime64("2019-03-01") > world.drivers.time.values[0]
+    assert got.lon.min() >= -60 and got.lon.max() <= 60 and got.lat.max() <= 60
+    sub = world.drivers.sel(time=got.time, lat=got.lat, lon=got.lon)
+    expect = predict(sub, model)["gpp"].values
+    np.testing.assert_allclose(got["gpp"].values, expect, atol=0.05 * np.nanmax(expect))
+    assert np.isfinite(got["gpp"].values).sum() == np.isfinite(expect).sum() > 0
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(world_and_model):
+    root, _, _ = world_and_model
+    cat = str(root / "world" / "catalog.yaml")
+    bad_device = xgpp_cli("predict", "--catalog", cat, "--model", str(root / "model"),
+                          "--out", str(root / "x"), "--cluster", "none", "--device", "tpu")
+    assert bad_device.returncode == 1
+    assert "xgpp: error: ValueError: device='tpu'" in bad_device.stderr
+    assert "Traceback" not in bad_device.stderr
+    no_model = xgpp_cli("predict", "--catalog", cat, "--model", str(root / "missing"),
+                        "--out", str(root / "x"), "--cluster", "none")
+    assert no_model.returncode == 1 and "missing" in no_model.stderr
+    assert "Traceback" not in no_model.stderr
+    usage = xgpp_cli("predict", "--catalog")
+    assert usage.returncode == 2 and "requires an argument" in usage.stderr
+
+
+def test_interrupted_store_is_not_presented_as_complete(world_and_model):
+    root, _, model = world_and_model
+    out = root / "pred_partial"
+    res = xgpp_cli("predict", "--catalog", str(root / "world" / "catalog.yaml"),
+                   "--model", str(root / "model"), "--out", str(out), "--cluster", "none")
+    assert res.returncode == 0, res.stderr
+    import zarr
+
+    group = zarr.open_group(str(out / "prediction.zarr"), mode="r+")
+    group.attrs.update({"xgpp_complete": False, "xgpp_done_slabs": [0]})
+    rerun = xgpp_cli("predict", "--catalog", str(root / "world" / "catalog.yaml"),
+                     "--model", str(root / "model"), "--out", str(out), "--cluster", "none")
+    assert rerun.returncode == 0, rerun.stderr
+    back = xr.open_zarr(str(out / "prediction.zarr"), consolidated=False)
+    assert back.attrs["xgpp_complete"] is True
+    assert back.attrs["xgpp_done_slabs"] == list(range(len(back.chunks["time"])))
