@@ -148,6 +148,22 @@ def test_write_prediction_of_a_subset_starting_mid_chunk(tmp_path, drivers, mode
     np.testing.assert_allclose(back["gpp"].values, reference[5:, 3:], rtol=1e-5, atol=1e-5)
 
 
+def test_corrupt_input_chunk_is_named_and_the_store_stays_incomplete(tmp_path, world, model):
+    from xgpp._chunks import UnreadableChunkError
+
+    src = str(tmp_path / "drivers.zarr")
+    world.drivers.to_zarr(src, zarr_format=3, consolidated=False)
+    chunk = tmp_path / "drivers.zarr" / "vpd" / "c" / "1" / "0" / "2"
+    raw = bytearray(chunk.read_bytes())
+    raw[8:40] = b"\xff" * 32
+    chunk.write_bytes(bytes(raw))
+    url = str(tmp_path / "p.zarr")
+    with pytest.raises(UnreadableChunkError,
+                       match=r"variable 'vpd' at time 2019-04.*\(Zarr chunk c/1/0/2\).*re-write"):
+        write_prediction(xgpp.open_cube(src), model, url, progress=False)
+    assert xr.open_zarr(url, consolidated=False).attrs["xgpp_complete"] is False
+
+
 def test_precision_is_recorded_and_part_of_the_store_identity(tmp_path, drivers, model,
                                                               reference):
     lazy = predict(drivers, model, precision="bfloat16")

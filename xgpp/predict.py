@@ -303,8 +303,9 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     import fsspec
     import zarr
 
-    result = predict(_zarr_regular(ds, model), model, batch_size=batch_size, device=device,
-                     outputs=outputs, precision=precision)
+    src = _zarr_regular(ds, model)
+    result = predict(src, model, batch_size=batch_size, device=device, outputs=outputs,
+                     precision=precision)
     fp = _fingerprint(result, model)
     opts = storage_options or {}
     fs, root = fsspec.core.url_to_fs(url, **opts)
@@ -342,15 +343,39 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
         done.add(i)
         group.attrs.update({"xgpp_done_slabs": sorted(done)})
 
+    def diagnose(i: int, err: BaseException) -> None:
+        from xgpp._chunks import find_unreadable
+
+        region = {"time": slice(int(edges[i]), int(edges[i + 1]))}
+        bad = find_unreadable(src, list(model.inputs), region)
+        if bad is not None:
+            raise bad from err
+
     _run_slabs(writes, mark, progress=progress, total=len(tchunks), skipped=len(done),
-               label=f"predicting {', '.join(result.data_vars)} -> {url}")
+               label=f"predicting {', '.join(result.data_vars)} -> {url}", on_error=diagnose)
     group.attrs.update({"xgpp_complete": True})
     return url
 
 
 def _run_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int, skipped: int,
-               label: str) -> None:
-    """Compute slab writes (on the active distributed client if any), marking each when done."""
+               label: str, on_error: Any = None) -> None:
+    """Compute slab writes (on the active distributed client if any), marking each when done.
+
+    When a slab fails, ``on_error(slab, error)`` may raise a clearer error (the unreadable
+    input chunk); otherwise the original error propagates.  Finished slabs stay marked.
+    """
+    try:
+        _compute_slabs(writes, mark, progress=progress, total=total, skipped=skipped,
+                       label=label)
+    except Exception as err:
+        slab = getattr(err, "xgpp_slab", None)
+        if on_error is not None and slab is not None:
+            on_error(slab, err)
+        raise
+
+
+def _compute_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int,
+                   skipped: int, label: str) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -362,15 +387,27 @@ def _run_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int,
             from distributed import as_completed
 
             futures = {client.compute(w): i for i, w in writes.items()}
-            for fut in as_completed(list(futures)):
-                fut.result()
-                mark(futures[fut])
-                bar.advance(task)
+            try:
+                for fut in as_completed(list(futures)):
+                    _tagged(fut.result, futures[fut])
+                    mark(futures[fut])
+                    bar.advance(task)
+            finally:
+                client.cancel([f for f in futures if not f.done()])
             return
         for i, w in writes.items():
-            dask.compute(w)
+            _tagged(dask.compute, i, w)
             mark(i)
             bar.advance(task)
+
+
+def _tagged(fn: Any, slab: int, *args: Any) -> Any:
+    """Run ``fn``; an error leaving it carries ``xgpp_slab`` (the time slab that failed)."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        err.xgpp_slab = slab
+        raise
 
 
 # xgpp.predict(ds, model) works although xgpp.predict is also this module
