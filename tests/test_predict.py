@@ -162,6 +162,10 @@ def test_corrupt_input_chunk_is_named_and_the_store_stays_incomplete(tmp_path, w
                        match=r"variable 'vpd' at time 2019-04.*\(Zarr chunk c/1/0/2\).*re-write"):
         write_prediction(xgpp.open_cube(src), model, url, progress=False)
     assert xr.open_zarr(url, consolidated=False).attrs["xgpp_complete"] is False
+    # a subset (as --start/--bbox make) still names the store's own chunk
+    sub = xgpp.open_cube(src).isel(time=slice(6, None), lon=slice(20, None))
+    with pytest.raises(UnreadableChunkError, match=r"\(Zarr chunk c/1/0/2\)"):
+        write_prediction(sub, model, str(tmp_path / "sub.zarr"), progress=False)
 
 
 def test_precision_is_recorded_and_part_of_the_store_identity(tmp_path, drivers, model,

@@ -280,3 +280,26 @@ def test_shuffle_buffer_emits_a_permutation():
     got = np.concatenate(out)[:, 0]
     assert sorted(got) == list(range(1000))
     assert not np.array_equal(got, np.arange(1000))
+
+
+def test_grid_stream_names_a_corrupt_chunk(tmp_path):
+    import shutil
+
+    from xgpp._chunks import UnreadableChunkError
+    from xgpp.catalog import open_cube
+
+    src = tmp_path / "drivers.zarr"
+    shutil.copytree(f"{twin_store()}/drivers.zarr", src)
+    chunk = src / "fapar" / "c" / "2" / "1" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[8:40] = b"\xff" * 32
+    chunk.write_bytes(bytes(raw))
+    drivers, sif = open_cube(str(src)), open_store("sif_tropomi")
+    # normalisation statistics read the whole cube first
+    with pytest.raises(UnreadableChunkError, match=r"variable 'fapar'.*Zarr chunk c/2/1/0"):
+        spec_for(drivers)
+    # the training stream reads it chunk by chunk
+    stream = GridSamples(drivers, sif, spec_for(open_store("drivers")), batch_size=1000, seed=1)
+    with pytest.raises(UnreadableChunkError, match=r"variable 'fapar'.*Zarr chunk c/2/1/0"):
+        for _ in stream.iterate(0):
+            pass

@@ -7,12 +7,14 @@ the chunks of a region one by one, after a failure only, and describes the first
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["UnreadableChunkError", "find_unreadable"]
+__all__ = ["UnreadableChunkError", "find_unreadable", "naming_unreadable"]
 
 
 class UnreadableChunkError(OSError):
@@ -26,8 +28,8 @@ def _fmt(coord: xr.DataArray) -> str:
     return f"{v[0]:g}..{v[-1]:g}"
 
 
-def find_unreadable(ds: xr.Dataset, names: list[str], region: dict[str, slice]
-                    ) -> UnreadableChunkError | None:
+def find_unreadable(ds: xr.Dataset, names: list[str], region: dict[str, slice], *,
+                    origin: dict[str, xr.Dataset] | None = None) -> UnreadableChunkError | None:
     """The first chunk of ``names`` inside ``region`` that fails to read, as an error to raise.
 
     Parameters
@@ -38,14 +40,18 @@ def find_unreadable(ds: xr.Dataset, names: list[str], region: dict[str, slice]
         Variables to probe.
     region : dict of slice
         Integer slices per dimension (e.g. one time slab); other dimensions are probed whole.
+    origin : dict, optional
+        Variable name -> the opened store's Dataset it was taken from, when ``ds`` is a subset
+        or a merge (to report the store and its chunk key); default ``ds`` itself.
 
     Returns
     -------
     UnreadableChunkError or None
         None when every chunk reads (the failure was elsewhere).
     """
-    source = ds.encoding.get("source", "the input store")
     for name in names:
+        store = (origin or {}).get(name, ds)
+        source = store.encoding.get("source", "the input store")
         var = ds[name].isel({d: s for d, s in region.items() if d in ds[name].dims})
         if var.chunks is None:
             continue
@@ -58,7 +64,7 @@ def find_unreadable(ds: xr.Dataset, names: list[str], region: dict[str, slice]
                 block.data.compute(scheduler="sync")
             except Exception as err:  # noqa: BLE001 - any failure to read is what we report
                 where = ", ".join(f"{d} {_fmt(block[d])}" for d in var.dims if d in block.coords)
-                key = _zarr_key(ds[name], block)
+                key = _zarr_key(store, name, block)
                 return UnreadableChunkError(
                     f"cannot read variable {name!r} at {where}{key} from {source}: "
                     f"{type(err).__name__}: {err}. The store is damaged there; re-write it "
@@ -67,16 +73,56 @@ def find_unreadable(ds: xr.Dataset, names: list[str], region: dict[str, slice]
     return None
 
 
-def _zarr_key(full: xr.DataArray, block: xr.DataArray) -> str:
-    """`` (Zarr chunk c/i/j/k)`` when the variable's on-disk chunking is known."""
-    shape = full.encoding.get("chunks")
-    if not shape or len(shape) != full.ndim:
+@contextlib.contextmanager
+def naming_unreadable(ds: xr.Dataset, names: list[str], region: dict[str, slice] | None = None,
+                      *, origin: dict[str, xr.Dataset] | None = None) -> Iterator[None]:
+    """Name the damaged chunk when the ``with`` block fails on unreadable input.
+
+    A failure inside the block becomes :class:`UnreadableChunkError` when a chunk of ``names``
+    (within ``region``) does not read; other failures propagate unchanged.
+    """
+    try:
+        yield
+    except UnreadableChunkError:
+        raise
+    except Exception as err:
+        bad = find_unreadable(ds, names, region or {}, origin=origin)
+        if bad is not None:
+            raise bad from err
+        raise
+
+
+def _zarr_key(store: xr.Dataset, name: str, block: xr.DataArray) -> str:
+    """`` (Zarr chunk c/i/j/k)``: the store chunk inside the failed ``block`` that fails, or ``""``.
+
+    Positions come from the store's own coordinate arrays (opened from
+    ``store.encoding["source"]``), so the key is right for subsets of the store too; a block
+    spanning several store chunks is probed piece by piece.
+    """
+    shape = store[name].encoding.get("chunks")
+    source = store.encoding.get("source")
+    if not shape or not source or len(shape) != block.ndim:
         return ""
-    starts = []
-    for dim, size in zip(full.dims, shape, strict=True):
-        idx = full.get_index(dim) if dim in full.indexes else None
-        first = block[dim].values[0] if dim in block.coords else None
-        if idx is None or first is None:
-            return ""
-        starts.append(int(idx.get_loc(first)) // int(size))
-    return " (Zarr chunk c/" + "/".join(map(str, starts)) + ")"
+    try:
+        import pandas as pd
+
+        opened = xr.open_zarr(source, consolidated=False, chunks=None)  # decoded coordinates
+        positions, ids = [], []
+        for dim, size in zip(block.dims, shape, strict=True):
+            pos = pd.Index(opened[dim].values).get_indexer(block[dim].values)
+            if (pos < 0).any():
+                return ""
+            positions.append(pos)
+            ids.append(pos // int(size))
+        for combo in itertools.product(*(np.unique(i) for i in ids)):
+            sel = {}
+            for dim, pos, i, c in zip(block.dims, positions, ids, combo, strict=True):
+                hit = pos[i == c]
+                sel[dim] = slice(int(hit.min()), int(hit.max()) + 1)
+            try:  # straight from the store: reads exactly one stored chunk
+                opened[name].isel(sel).load()
+            except Exception:  # noqa: BLE001
+                return " (Zarr chunk c/" + "/".join(str(int(c)) for c in combo) + ")"
+    except Exception:  # noqa: BLE001 - the key is a courtesy; the region is always reported
+        return ""
+    return ""

@@ -344,12 +344,11 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
         group.attrs.update({"xgpp_done_slabs": sorted(done)})
 
     def diagnose(i: int, err: BaseException) -> None:
-        from xgpp._chunks import find_unreadable
+        from xgpp._chunks import naming_unreadable
 
-        region = {"time": slice(int(edges[i]), int(edges[i + 1]))}
-        bad = find_unreadable(src, list(model.inputs), region)
-        if bad is not None:
-            raise bad from err
+        with naming_unreadable(src, list(model.inputs),
+                               {"time": slice(int(edges[i]), int(edges[i + 1]))}):
+            raise err
 
     _run_slabs(writes, mark, progress=progress, total=len(tchunks), skipped=len(done),
                label=f"predicting {', '.join(result.data_vars)} -> {url}", on_error=diagnose)

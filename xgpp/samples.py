@@ -444,6 +444,8 @@ class GridSamples:
                                  f"{(ds.sizes['lat'], ds.sizes['lon'])}.")
             ds["_cell_mask"] = (("lat", "lon"), cell_mask)
         self.ds = ds
+        # where each variable was read from, to name a damaged store chunk (xgpp._chunks)
+        self._origin = {n: drivers for n in inputs} | {target_var: target}
         self.spec = spec
         self.target_var = target_var
         self.target_scale = (float(target_scale[0]), float(target_scale[1]))
@@ -479,11 +481,14 @@ class GridSamples:
     def load_chunk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Load chunk ``k`` and return its valid samples as ``(X, y)`` float32."""
         g, i = self.index[k]
-        batch = self.generators[g][i]
-        if self.client is not None:
-            batch = self.client.compute(batch).result()
-        else:
-            batch = batch.load()
+        lazy = self.generators[g][i]
+        from xgpp._chunks import naming_unreadable
+
+        with naming_unreadable(lazy, [str(n) for n in lazy.data_vars], origin=self._origin):
+            if self.client is not None:
+                batch = self.client.compute(lazy).result()
+            else:
+                batch = lazy.load()
         return self.flatten(batch)
 
     def flatten(self, batch: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -118,7 +118,10 @@ def streaming_moments(ds: xr.Dataset, names: tuple[str, ...] | list[str]) -> dic
         x = ds[n].astype("float64")
         parts.append((x.sum(skipna=True).data, (x * x).sum(skipna=True).data,
                       x.notnull().sum().data))
-    computed = dask.compute(*parts)
+    from xgpp._chunks import naming_unreadable
+
+    with naming_unreadable(ds, list(names)):
+        computed = dask.compute(*parts)
     out = {}
     for n, (s, ss, c) in zip(names, computed, strict=True):
         s, ss, c = float(s), float(ss), int(c)
