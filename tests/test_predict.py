@@ -168,6 +168,13 @@ def test_corrupt_input_chunk_is_named_and_the_store_stays_incomplete(tmp_path, w
         write_prediction(sub, model, str(tmp_path / "sub.zarr"), progress=False)
 
 
+def test_two_predictions_on_other_grids_do_not_share_graph_keys(drivers, model, reference):
+    shifted = drivers.assign_coords(lon=drivers.lon - 3.0)
+    a, b = dask.compute(predict(drivers, model)["gpp"], predict(shifted, model)["gpp"])
+    np.testing.assert_allclose(a.values, reference, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(a.values, b.values, equal_nan=True)
+
+
 def test_precision_is_recorded_and_part_of_the_store_identity(tmp_path, drivers, model,
                                                               reference):
     lazy = predict(drivers, model, precision="bfloat16")

@@ -206,15 +206,17 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
     # static (lat, lon) fields: map_blocks broadcasts them along the time blocks
     statics = [da.asarray(ds[n].transpose("lat", "lon").data).rechunk(chunks[1:]) for n in static]
     # the model enters the graph once, as one key: each worker receives it once
-    model_key = dask.delayed(model, pure=True, name=f"xgpp-model-{model.sha256[:16]}")
+    model_token = dask.base.tokenize(model.sha256, json.dumps(_model_identity(model),
+                                                              sort_keys=True, default=str))
+    model_key = dask.delayed(model, pure=True, name=f"xgpp-model-{model_token}")
     lat, lon = ds["lat"].values, ds["lon"].values
     out = da.map_blocks(
         _predict_block, *arrays, *statics, model_key,
         varying=varying, static=static, columns=columns, device=device, batch_size=batch_size,
         precision=precision, lat=lat, lon=lon, new_axis=0, chunks=((len(columns),), *chunks), dtype=np.float32,
         meta=np.empty((0, 0, 0, 0), np.float32),
-        name="xgpp-predict-" + dask.base.tokenize(model.sha256, varying, static, columns,
-                                                   precision,
+        name="xgpp-predict-" + dask.base.tokenize(model_token, varying, static, columns,
+                                                   precision, device, batch_size, lat, lon,
                                                    [a.name for a in arrays + statics]),
     )
     attrs = {
@@ -232,6 +234,12 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
         attrs={**{k: v for k, v in ds.attrs.items() if k in ("Conventions",)}, **attrs},
     )
     return result
+
+
+def _model_identity(model: Model) -> dict:
+    """What besides the weights makes a model's outputs (scales, normalisation, features)."""
+    meta = model.metadata() if hasattr(model, "metadata") else {}
+    return {k: v for k, v in meta.items() if k not in ("provenance", "created")}
 
 
 # ----------------------------------------------------------------------------- resumable write
