@@ -134,6 +134,19 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         m.predict_numpy(x, device="cuda")
 
 
+def test_device_copy_follows_the_weights_and_is_not_pickled():
+    import copy
+    import pickle
+
+    m = copy.deepcopy(trained("siftml"))  # the weights are edited below
+    first = m._module_on("meta")  # any non-CPU device takes the device-copy path
+    assert m._module_on("meta") is first  # copied once, then reused
+    with torch.no_grad():
+        next(m.module.parameters()).add_(1.0)  # weights trained or edited in place
+    assert m._module_on("meta") is not first
+    assert pickle.loads(pickle.dumps(m))._on_device == {}
+
+
 @pytest.mark.requires_gpu
 def test_cuda_forward_with_pinned_overlapped_batches_matches_cpu():
     m = trained("siftml")

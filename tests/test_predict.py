@@ -260,3 +260,78 @@ def test_prediction_through_a_real_gateway(gateway_server, drivers, model, refer
     with xgpp.cluster("gateway", n_workers=1, **options) as client:
         got = client.compute(data.gpp.predict(model)["gpp"].data).result()
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_resume_refuses_a_store_written_from_other_inputs_on_the_same_grid(tmp_path, drivers,
+                                                                             model):
+    url = str(tmp_path / "p.zarr")
+    write_prediction(drivers, model, url, progress=False)
+    warmer = drivers.assign(tair=drivers["tair"] + 2.0)  # same grid, chunks, model
+    with pytest.raises(FileExistsError, match="inputs"):
+        write_prediction(warmer, model, url, progress=False)
+    # other output scaling of the same weights is another model too
+    rescaled = _model(drivers)
+    rescaled.output_scale = rescaled.output_scale * 2
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_prediction(drivers, rescaled, url, progress=False)
+
+
+def test_mixed_in_memory_and_dask_inputs_follow_the_dask_chunks(drivers, model, reference):
+    mixed = drivers.assign(tair=drivers["tair"].compute())  # tair numpy, the rest dask
+    assert mixed["tair"].chunks is None
+    out = predict(mixed, model)["gpp"]
+    assert out.chunks == drivers["vpd"].chunks
+    np.testing.assert_allclose(out.values, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_requests_are_clear_errors(drivers, model):
+    from xgpp.workflows import subset
+
+    with pytest.raises(ValueError, match=r"outputs=\[\] selects nothing.*\['gpp'\]"):
+        predict(drivers, model, outputs=[])
+    with pytest.raises(ValueError, match=r"bbox='100,1,110,2' holds no grid cell.*lat"):
+        subset(drivers, bbox="100,1,110,2")
+    with pytest.raises(ValueError, match=r"no lon points"):
+        predict(drivers.isel(lon=slice(0, 0)), model)
+
+
+def test_torch_threads_of_the_caller_are_restored(drivers, model):
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        predict(drivers.isel(time=slice(0, 2)), model)["gpp"].compute(scheduler="sync")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_all_nan_input_is_an_error_and_the_store_stays_incomplete(tmp_path, drivers, model):
+    import zarr
+
+    broken = drivers.assign(vpd=drivers["vpd"] * np.nan)
+    url = str(tmp_path / "p.zarr")
+    with pytest.raises(ValueError, match=r"every pixel of 'gpp' is NaN: inputs \['vpd'\]"):
+        write_prediction(broken, model, url, progress=False)
+    assert zarr.open_group(url, mode="r").attrs["xgpp_complete"] is False
+
+
+def test_only_read_errors_are_probed_as_damage(drivers):
+    from xgpp._chunks import naming_unreadable
+
+    probed = []
+    ds = drivers[["tair"]]
+    import xgpp._chunks as C
+
+    original = C.find_unreadable
+    C.find_unreadable = lambda *a, **k: probed.append(a) or original(*a, **k)
+    try:
+        with pytest.raises(TypeError, match="a bug"), naming_unreadable(ds, ["tair"]):
+            raise TypeError("a bug")
+        with pytest.raises(PermissionError), naming_unreadable(ds, ["tair"]):
+            raise PermissionError("AccessDenied: no credentials on this client")
+        assert probed == []
+        with pytest.raises(RuntimeError, match="decode"), naming_unreadable(ds, ["tair"]):
+            raise RuntimeError("decode failed")  # every chunk reads here: original error
+        assert len(probed) == 1
+    finally:
+        C.find_unreadable = original

@@ -63,6 +63,8 @@ def find_unreadable(ds: xr.Dataset, names: list[str], region: dict[str, slice], 
             try:
                 block.data.compute(scheduler="sync")
             except Exception as err:  # noqa: BLE001 - any failure to read is what we report
+                if _not_damage(err):  # e.g. credentials only the workers hold: say nothing
+                    return None
                 where = ", ".join(f"{d} {_fmt(block[d])}" for d in var.dims if d in block.coords)
                 key = _zarr_key(store, name, block)
                 return UnreadableChunkError(
@@ -73,19 +75,39 @@ def find_unreadable(ds: xr.Dataset, names: list[str], region: dict[str, slice], 
     return None
 
 
+# failures that say nothing about the stored bytes (access rights, missing credentials on the
+# client that probes): they must not be reported as a damaged chunk
+_ACCESS_WORDS = ("credential", "accessdenied", "access denied", "forbidden", "unauthori",
+                 "expiredtoken", "invalidaccesskeyid", "signaturedoesnotmatch")
+
+
+def _not_damage(err: BaseException) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return isinstance(err, PermissionError) or any(w in text for w in _ACCESS_WORDS)
+
+
+# errors a failed read or decode raises (codecs raise RuntimeError/ValueError, stores OSError);
+# anything else (a bug, MemoryError, a cancelled task) propagates without probing the inputs
+READ_ERRORS = (OSError, RuntimeError, ValueError)
+
+
 @contextlib.contextmanager
 def naming_unreadable(ds: xr.Dataset, names: list[str], region: dict[str, slice] | None = None,
                       *, origin: dict[str, xr.Dataset] | None = None) -> Iterator[None]:
     """Name the damaged chunk when the ``with`` block fails on unreadable input.
 
-    A failure inside the block becomes :class:`UnreadableChunkError` when a chunk of ``names``
-    (within ``region``) does not read; other failures propagate unchanged.
+    A read or decode failure inside the block (:data:`READ_ERRORS`) becomes
+    :class:`UnreadableChunkError` when a chunk of ``names`` (within ``region``) does not read
+    here; other failures, access-rights errors and chunks that read fine here propagate
+    unchanged.
     """
     try:
         yield
     except UnreadableChunkError:
         raise
-    except Exception as err:
+    except READ_ERRORS as err:
+        if _not_damage(err):
+            raise
         bad = find_unreadable(ds, names, region or {}, origin=origin)
         if bad is not None:
             raise bad from err

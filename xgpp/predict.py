@@ -7,9 +7,12 @@ resumably.  ``ds.gpp.predict`` and ``xgpp predict`` are thin front doors over th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import dask
@@ -65,6 +68,12 @@ def check_inputs(ds: xr.Dataset, model: Model) -> tuple[list[str], list[str]]:
     for dim in ("lat", "lon"):
         if dim not in ds.dims:
             raise ValueError(f"dataset has no {dim!r} dimension; xgpp grids are (time, lat, lon).")
+    empty = [d for d in _DIMS if ds.sizes.get(d, 1) == 0]
+    if empty:
+        raise ValueError(
+            f"the dataset has no {' and no '.join(empty)} points (sizes {dict(ds.sizes)}): a "
+            "time range or bbox outside the cube? Nothing to predict."
+        )
     lat, lon = ds["lat"].values, ds["lon"].values
     if lat.size > 1 and not np.all(np.diff(lat) > 0):
         raise ValueError(
@@ -104,26 +113,44 @@ def _fmt_chunks(chunks: tuple) -> str:
 
 
 # ----------------------------------------------------------------------------- kernel
-@functools.cache
-def _limit_torch_threads() -> int:
-    """Give each dask thread its share of the process's cores for torch (once per process).
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"active": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def _torch_threads() -> Iterator[int]:
+    """Give each dask thread its share of the process's cores for torch while a task runs.
 
     The process's cores are ``OMP_NUM_THREADS`` when set (``xgpp.cluster("local")`` sets it per
-    worker), else all cores; each of the dask threads running tasks in this process gets an
-    equal share, so Dask and Torch together do not oversubscribe the machine.
+    worker), else the cores this process may use (its CPU affinity); each of the dask threads
+    running tasks here gets an equal share, so Dask and Torch together do not oversubscribe the
+    machine.  Torch's thread count is process-wide, so the first task to enter sets it and the
+    last to leave restores the caller's setting (a user's session keeps its own).
     """
     import torch
+
+    from xgpp.cluster import available_cores
 
     try:
         from distributed import get_worker
 
         pool = get_worker().state.nthreads
     except (ImportError, ValueError):
-        pool = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    cores = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+        pool = dask.config.get("num_workers", None) or available_cores()
+    cores = int(os.environ.get("OMP_NUM_THREADS") or available_cores())
     n = max(1, cores // max(1, int(pool)))
-    torch.set_num_threads(n)
-    return n
+    with _THREADS_LOCK:
+        if _THREADS_STATE["active"] == 0:
+            _THREADS_STATE["saved"] = torch.get_num_threads()
+            torch.set_num_threads(n)
+        _THREADS_STATE["active"] += 1
+    try:
+        yield n
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_STATE["active"] -= 1
+            if _THREADS_STATE["active"] == 0:
+                torch.set_num_threads(_THREADS_STATE["saved"])
 
 
 def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns: list[int],
@@ -135,7 +162,6 @@ def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns:
     ``blocks`` are the time-varying inputs (time, lat, lon), the static ones (lat, lon), and
     last the model.  Returns (output, time, lat, lon) float32, NaN where an input is missing.
     """
-    _limit_torch_threads()
     device = resolve_device(device)
     *arrays, model = blocks
     shape = arrays[0].shape
@@ -148,7 +174,9 @@ def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns:
     out = np.full((len(columns), *shape), np.nan, dtype=np.float32)
     x, valid = model.features(chunk, return_mask=True)
     if x.shape[0]:
-        y = model.predict_numpy(x, device=device, batch_size=batch_size, precision=precision)
+        with _torch_threads():
+            y = model.predict_numpy(x, device=device, batch_size=batch_size,
+                                    precision=precision)
         flat = out.reshape(len(columns), -1)
         for k, c in enumerate(columns):
             flat[k, valid] = y[:, c]
@@ -185,8 +213,19 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
         is missing (ocean costs no model time), with CF attributes and provenance.
     """
     varying, static = check_inputs(ds, model)
+    return _build(ds, model, varying, static, batch_size=batch_size, device=device,
+                  outputs=outputs, precision=precision)
+
+
+def _build(ds: xr.Dataset, model: Model, varying: list[str], static: list[str], *,
+           batch_size: int | None, device: str, outputs: list[str] | None,
+           precision: str) -> xr.Dataset:
+    """:func:`predict` after :func:`check_inputs`: validate the options, build the graph."""
     names = list(model.outputs)
     wanted = names if outputs is None else list(outputs)
+    if not wanted:
+        raise ValueError(f"outputs={outputs!r} selects nothing; model {model.id} has outputs "
+                         f"{names} (leave outputs=None for all).")
     unknown = [o for o in wanted if o not in names]
     if unknown:
         raise ValueError(f"model {model.id} has outputs {names}; {unknown} requested.")
@@ -198,10 +237,12 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
     if device != "auto":
         resolve_device(device)  # a bad name fails here, before any compute
 
-    ref = ds[varying[0]]
     arrays = [da.asarray(ds[n].data) for n in varying]
-    if ref.chunks is None:  # in-memory data: one block
-        arrays = [a.rechunk(-1) for a in arrays]
+    # the first dask-backed input sets the chunks; in-memory inputs (numpy) follow it, and a
+    # cube held wholly in memory is one block
+    chunked = [a for n, a in zip(varying, arrays, strict=True) if ds[n].chunks is not None]
+    target = chunked[0].chunks if chunked else tuple((s,) for s in arrays[0].shape)
+    arrays = [a if a.chunks == target else a.rechunk(target) for a in arrays]
     chunks = arrays[0].chunks
     # static (lat, lon) fields: map_blocks broadcasts them along the time blocks
     statics = [da.asarray(ds[n].transpose("lat", "lon").data).rechunk(chunks[1:]) for n in static]
@@ -213,8 +254,11 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
     out = da.map_blocks(
         _predict_block, *arrays, *statics, model_key,
         varying=varying, static=static, columns=columns, device=device, batch_size=batch_size,
-        precision=precision, lat=lat, lon=lon, new_axis=0, chunks=((len(columns),), *chunks), dtype=np.float32,
-        meta=np.empty((0, 0, 0, 0), np.float32),
+        precision=precision, lat=lat, lon=lon, new_axis=0, chunks=((len(columns),), *chunks),
+        dtype=np.float32, meta=np.empty((0, 0, 0, 0), np.float32),
+        # the name identifies the inputs (dask names their data deterministically: store path
+        # and mtime, selections, or the bytes of in-memory data), the model and the options;
+        # it is stable across processes, so it also identifies a resumable store
         name="xgpp-predict-" + dask.base.tokenize(model_token, varying, static, columns,
                                                    precision, device, batch_size, lat, lon,
                                                    [a.name for a in arrays + statics]),
@@ -243,14 +287,14 @@ def _model_identity(model: Model) -> dict:
 
 
 # ----------------------------------------------------------------------------- resumable write
-def _zarr_regular(ds: xr.Dataset, model: Model) -> xr.Dataset:
+def _zarr_regular(ds: xr.Dataset, model: Model, varying: list[str]) -> xr.Dataset:
     """Rechunk the model's inputs so every output chunk is Zarr-regular.
 
     Zarr needs equal chunks along a dimension except a shorter last one; a subset of a cube
     (``--start``, ``--bbox``) usually starts mid-chunk.  Each such dimension gets chunks of
     its largest chunk size (tasks then read from up to two source chunks).
     """
-    chunks = ds[check_inputs(ds, model)[0][0]].chunksizes
+    chunks = ds[varying[0]].chunksizes
     fix = {}
     for dim, c in chunks.items():
         if len(c) > 1 and (len(set(c[:-1])) > 1 or c[-1] > c[0]):
@@ -267,7 +311,11 @@ def _fingerprint(result: xr.Dataset, model: Model) -> str:
 
     t = result["time"].values
     desc = {
-        "model": model.sha256, "outputs": list(result.data_vars),
+        "model": model.sha256, "model_identity": _model_identity(model),
+        "outputs": list(result.data_vars),
+        # the graph's name: the input data (store path and mtime, selections, in-memory bytes),
+        # the model and the options; stable across processes (see _build)
+        "graph": [result[v].data.name for v in result.data_vars],
         "inputs": list(model.inputs),
         "precision": result.attrs.get("xgpp_precision", "float32"),
         "time": [str(t[0]), str(t[-1]), int(t.size)] if t.size else [],
@@ -275,7 +323,7 @@ def _fingerprint(result: xr.Dataset, model: Model) -> str:
         "lon": [float(result.lon[0]), float(result.lon[-1]), int(result.lon.size)],
         "chunks": {k: list(v) for k, v in result.chunks.items()},
     }
-    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options: dict | None = None,
@@ -311,9 +359,10 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     import fsspec
     import zarr
 
-    src = _zarr_regular(ds, model)
-    result = predict(src, model, batch_size=batch_size, device=device, outputs=outputs,
-                     precision=precision)
+    varying, static = check_inputs(ds, model)
+    src = _zarr_regular(ds, model, varying)
+    result = _build(src, model, varying, static, batch_size=batch_size, device=device,
+                    outputs=outputs, precision=precision)
     fp = _fingerprint(result, model)
     opts = storage_options or {}
     fs, root = fsspec.core.url_to_fs(url, **opts)
@@ -326,8 +375,8 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
             done = set(attrs.get("xgpp_done_slabs", []))
         elif not overwrite:
             raise FileExistsError(
-                f"{url} already holds a store that is not this prediction (other model, grid "
-                "or chunks). Choose another output, or pass overwrite=True (--overwrite) to "
+                f"{url} already holds a store that is not this prediction (other model, "
+                "inputs, grid, chunks or options). Choose another output, or pass overwrite=True (--overwrite) to "
                 "replace it."
             )
     if done is None:
@@ -343,13 +392,24 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     edges = np.concatenate([[0], np.cumsum(tchunks)]).astype(int)
     todo = [i for i in range(len(tchunks)) if i not in done]
     body = result.drop_vars(["lat", "lon"])
-    writes = {i: body.isel(time=slice(edges[i], edges[i + 1])).to_zarr(
-        url, region={"time": slice(int(edges[i]), int(edges[i + 1]))}, compute=False,
-        zarr_format=3, consolidated=False, storage_options=opts or None) for i in todo}
+    first = next(iter(result.data_vars))
+    writes = {}
+    for i in todo:
+        part = body.isel(time=slice(edges[i], edges[i + 1]))
+        write = part.to_zarr(url, region={"time": slice(int(edges[i]), int(edges[i + 1]))},
+                             compute=False, zarr_format=3, consolidated=False,
+                             storage_options=opts or None)
+        # computed with the write in one graph, so the model runs once per chunk
+        n_valid = da.isfinite(part[first].data).sum()
+        writes[i] = dask.delayed(_after_write, pure=True)(write, n_valid)
+    counts: dict[int, int] = {}
 
-    def mark(i: int) -> None:
+    def mark(i: int, n_valid: int) -> None:
+        counts[i] = n_valid
         done.add(i)
-        group.attrs.update({"xgpp_done_slabs": sorted(done)})
+        group.attrs.update({"xgpp_done_slabs": sorted(done),
+                            "xgpp_valid_counts": {str(k): v for k, v in
+                                                  {**_stored_counts(group), **counts}.items()}})
 
     def diagnose(i: int, err: BaseException) -> None:
         from xgpp._chunks import naming_unreadable
@@ -360,8 +420,30 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
 
     _run_slabs(writes, mark, progress=progress, total=len(tchunks), skipped=len(done),
                label=f"predicting {', '.join(result.data_vars)} -> {url}", on_error=diagnose)
+    if sum({**_stored_counts(group), **counts}.values()) == 0:
+        raise ValueError(_all_missing_message(src, model, first, url))
     group.attrs.update({"xgpp_complete": True})
     return url
+
+
+def _after_write(_: Any, n_valid: Any) -> int:
+    return int(n_valid)
+
+
+def _stored_counts(group: Any) -> dict[int, int]:
+    return {int(k): int(v) for k, v in dict(group.attrs).get("xgpp_valid_counts", {}).items()}
+
+
+def _all_missing_message(ds: xr.Dataset, model: Model, output: str, url: str) -> str:
+    """Why every predicted pixel is NaN: which inputs hold no finite value (first time slab)."""
+    first = ds.isel(time=slice(0, 1)) if "time" in ds.dims else ds
+    empty = [n for n in model.inputs if not bool(first[n].notnull().any().compute())]
+    which = (f"inputs {empty} have no finite value in the first time step"
+             if empty else "no pixel has every input finite at once (e.g. the land mask and "
+             "the drivers do not overlap, or a bbox wholly over the ocean)")
+    return (f"every pixel of {output!r} is NaN: {which}. A prediction needs all of "
+            f"{list(model.inputs)} finite at a land pixel. {url} is left marked incomplete "
+            "(xgpp_complete=false).")
 
 
 def _run_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int, skipped: int,
@@ -396,15 +478,14 @@ def _compute_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: 
             futures = {client.compute(w): i for i, w in writes.items()}
             try:
                 for fut in as_completed(list(futures)):
-                    _tagged(fut.result, futures[fut])
-                    mark(futures[fut])
+                    mark(futures[fut], _tagged(fut.result, futures[fut]))
                     bar.advance(task)
             finally:
                 client.cancel([f for f in futures if not f.done()])
             return
         for i, w in writes.items():
-            _tagged(dask.compute, i, w)
-            mark(i)
+            (n_valid,) = _tagged(dask.compute, i, w)
+            mark(i, n_valid)
             bar.advance(task)
 
 

@@ -27,7 +27,15 @@ def subset(ds: xr.Dataset, *, start: str | None = None, end: str | None = None,
         if len(parts) != 4 or parts[0] >= parts[2] or parts[1] >= parts[3]:
             raise ValueError(f"bbox={bbox!r}: expected lon_min,lat_min,lon_max,lat_max with "
                              "min < max, e.g. -10,35,40,70.")
-        ds = ds.sel(lon=slice(parts[0], parts[2]), lat=slice(parts[1], parts[3]))
+        box = ds.sel(lon=slice(parts[0], parts[2]), lat=slice(parts[1], parts[3]))
+        if box.sizes["lat"] == 0 or box.sizes["lon"] == 0:
+            raise ValueError(
+                f"bbox={bbox!r} holds no grid cell: the cube covers lon "
+                f"{float(ds.lon.min()):g}..{float(ds.lon.max()):g}, lat "
+                f"{float(ds.lat.min()):g}..{float(ds.lat.max()):g} (order: "
+                "lon_min,lat_min,lon_max,lat_max)."
+            )
+        ds = box
     return ds
 
 

@@ -210,7 +210,7 @@ class TorchModel:
         self.provenance = dict(provenance or {})
         self.extra = dict(extra or {})
         self.xgpp_version = xgpp_version
-        self._on_device: dict[str, nn.Module] = {}
+        self._on_device: dict[str, tuple[tuple, nn.Module]] = {}
         self._sha256: tuple[tuple, str] | None = None
 
     # ---- identity
@@ -222,11 +222,19 @@ class TorchModel:
         call, so the digest is cached; the cache key is each tensor's storage and in-place
         version counter, so replacing ``module`` or training it in place rehashes.
         """
-        state = self.module.state_dict()
-        key = tuple((k, v.data_ptr(), v._version) for k, v in state.items())
+        key = self._weights_version()
         if self._sha256 is None or self._sha256[0] != key:
-            self._sha256 = (key, weights_sha256(state))
+            self._sha256 = (key, weights_sha256(self.module.state_dict()))
         return self._sha256[1]
+
+    def _weights_version(self) -> tuple:
+        """Cheap identity of the current weights: each tensor's storage and in-place version."""
+        return tuple((k, v.data_ptr(), v._version) for k, v in self.module.state_dict().items())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # device copies and the digest cache belong to this process (storage pointers, CUDA
+        # memory): a pickled model (sent to a dask worker) starts without them
+        return {**self.__dict__, "_on_device": {}, "_sha256": None}
 
     @property
     def id(self) -> str:
@@ -284,11 +292,13 @@ class TorchModel:
                 f"{torch.__version__}: torch.cuda.is_available() is False). Use device='auto' "
                 "(CUDA where a worker has a GPU, else CPU) or device='cpu'."
             )
-        key = str(dev)
+        version = self._weights_version()
         with _DEVICE_LOCK:  # dask threads of one worker share the model: copy it once
-            if key not in self._on_device:
-                self._on_device[key] = copy.deepcopy(self.module).to(dev).eval()
-        return self._on_device[key]
+            cached = self._on_device.get(str(dev))
+            if cached is None or cached[0] != version:  # first use, or the weights changed
+                self._on_device[str(dev)] = (version,
+                                             copy.deepcopy(self.module).to(dev).eval())
+            return self._on_device[str(dev)][1]
 
     def predict_numpy(self, features: np.ndarray, *, device: str = "cpu",
                       batch_size: int | None = None, precision: str = "float32") -> np.ndarray:
