@@ -286,9 +286,9 @@ class CUDABackend(_ClientBackend):
     ----------
     **cluster_kwargs
         Passed on to ``dask_cuda.LocalCUDACluster`` (e.g. ``CUDA_VISIBLE_DEVICES``,
-        ``rmm_pool_size``).  ``threads_per_worker`` defaults to 2 (dask-cuda's default is 1),
-        so one thread reads and decodes the next chunk while the other runs the model on the
-        GPU: I/O overlapped with compute.
+        ``rmm_pool_size``).  ``threads_per_worker`` defaults to the cores per GPU, at least 2
+        (dask-cuda's default is 1; :meth:`default_threads`), so threads read and decode the
+        next chunks while one runs the model on the GPU: I/O overlapped with compute.
     """
 
     kind = "cuda"
@@ -296,6 +296,22 @@ class CUDABackend(_ClientBackend):
     def __init__(self, **cluster_kwargs: Any) -> None:
         super().__init__()
         self.cluster_kwargs = cluster_kwargs
+
+    def default_threads(self) -> int:
+        """Threads per GPU worker: the machine's cores shared among its GPUs, at least 2.
+
+        The model runs on the GPU in a fraction of a chunk's time; the threads read, decode,
+        build features and encode output for the chunks around it, so they keep it fed.
+        """
+        gpus = self.cluster_kwargs.get("CUDA_VISIBLE_DEVICES")
+        try:
+            from distributed.diagnostics import nvml
+
+            n = len(gpus.split(",") if isinstance(gpus, str) else gpus) if gpus else \
+                nvml.device_get_count()
+        except Exception:  # noqa: BLE001 - no NVML: one GPU
+            n = 1
+        return max(2, available_cores() // max(1, n))
 
     def start(self) -> Client:
         """Start the ``LocalCUDACluster``."""
@@ -316,7 +332,8 @@ class CUDABackend(_ClientBackend):
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). "
                 "Use kind='local' or kind='auto' on machines without a GPU."
             )
-        self.cluster = LocalCUDACluster(**{"threads_per_worker": 2, **self.cluster_kwargs})
+        kwargs = {"threads_per_worker": self.default_threads(), **self.cluster_kwargs}
+        self.cluster = LocalCUDACluster(**kwargs)
         self.client = Client(self.cluster)
         return self.client
 
