@@ -41,10 +41,11 @@ def run(method: str, *, sif=None, **kw):
     t = twin()
     kw.setdefault("split", fold())
     kw.setdefault("config", TINY)
+    kw.setdefault("device", "cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SampleExclusionWarning)
         return train(t.drivers, sites=t.sites, sif=t.sif if sif is None else sif, method=method,
-                     progress=False, device="cpu", **kw)
+                     progress=False, **kw)
 
 
 @functools.cache
