@@ -335,3 +335,13 @@ def test_only_read_errors_are_probed_as_damage(drivers):
         assert len(probed) == 1
     finally:
         C.find_unreadable = original
+
+
+def test_write_prediction_runs_the_model_once_per_chunk(tmp_path, drivers, model, monkeypatch):
+    import xgpp.predict as P
+
+    calls = []
+    original = P._predict_block
+    monkeypatch.setattr(P, "_predict_block", lambda *a, **k: calls.append(1) or original(*a, **k))
+    write_prediction(drivers, model, str(tmp_path / "p.zarr"), progress=False)
+    assert len(calls) == drivers["tair"].data.npartitions

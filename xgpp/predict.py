@@ -391,17 +391,16 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     tchunks = result.chunks["time"]
     edges = np.concatenate([[0], np.cumsum(tchunks)]).astype(int)
     todo = [i for i in range(len(tchunks)) if i not in done]
-    body = result.drop_vars(["lat", "lon"])
-    first = next(iter(result.data_vars))
+    names = list(result.data_vars)
     writes = {}
     for i in todo:
-        part = body.isel(time=slice(edges[i], edges[i + 1]))
-        write = part.to_zarr(url, region={"time": slice(int(edges[i]), int(edges[i + 1]))},
-                             compute=False, zarr_format=3, consolidated=False,
-                             storage_options=opts or None)
-        # computed with the write in one graph, so the model runs once per chunk
-        n_valid = da.isfinite(part[first].data).sum()
-        writes[i] = dask.delayed(_after_write, pure=True)(write, n_valid)
+        t = slice(int(edges[i]), int(edges[i + 1]))
+        # each task stores its chunk (the store's metadata and coordinates are written above)
+        # and hands the chunk on, so counting valid pixels reuses it: the model runs once
+        stored = da.store([result[o].data[t] for o in names], [group[o] for o in names],
+                          regions=[(t,)] * len(names), lock=False, compute=False,
+                          return_stored=True, load_stored=True)
+        writes[i] = da.isfinite(stored[0]).sum()
     counts: dict[int, int] = {}
 
     def mark(i: int, n_valid: int) -> None:
@@ -421,13 +420,9 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     _run_slabs(writes, mark, progress=progress, total=len(tchunks), skipped=len(done),
                label=f"predicting {', '.join(result.data_vars)} -> {url}", on_error=diagnose)
     if sum({**_stored_counts(group), **counts}.values()) == 0:
-        raise ValueError(_all_missing_message(src, model, first, url))
+        raise ValueError(_all_missing_message(src, model, names[0], url))
     group.attrs.update({"xgpp_complete": True})
     return url
-
-
-def _after_write(_: Any, n_valid: Any) -> int:
-    return int(n_valid)
 
 
 def _stored_counts(group: Any) -> dict[int, int]:
@@ -478,14 +473,14 @@ def _compute_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: 
             futures = {client.compute(w): i for i, w in writes.items()}
             try:
                 for fut in as_completed(list(futures)):
-                    mark(futures[fut], _tagged(fut.result, futures[fut]))
+                    mark(futures[fut], int(_tagged(fut.result, futures[fut])))
                     bar.advance(task)
             finally:
                 client.cancel([f for f in futures if not f.done()])
             return
         for i, w in writes.items():
             (n_valid,) = _tagged(dask.compute, i, w)
-            mark(i, n_valid)
+            mark(i, int(n_valid))
             bar.advance(task)
 
 
