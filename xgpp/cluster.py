@@ -296,6 +296,16 @@ class CUDABackend(_ClientBackend):
     def __init__(self, **cluster_kwargs: Any) -> None:
         super().__init__()
         self.cluster_kwargs = cluster_kwargs
+        self._config: contextlib.AbstractContextManager | None = None
+
+    def close(self) -> None:
+        """Close client and cluster, then restore the Dask config."""
+        try:
+            super().close()
+        finally:
+            if self._config is not None:
+                self._config.__exit__(None, None, None)
+                self._config = None
 
     def default_threads(self) -> int:
         """Threads per GPU worker: the machine's cores shared among its GPUs, at least 2.
@@ -332,7 +342,15 @@ class CUDABackend(_ClientBackend):
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). "
                 "Use kind='local' or kind='auto' on machines without a GPU."
             )
+        import dask
+
         kwargs = {"threads_per_worker": self.default_threads(), **self.cluster_kwargs}
+        # the same allocator settings as the CPU workers (fresh memory is costly: reading and
+        # decoding chunks is what a GPU worker spends its CPU time on); torch needs no CPU
+        # threads of its own there
+        env = worker_environment(kwargs["threads_per_worker"], torch_threads=1)
+        self._config = dask.config.set({"distributed.nanny.pre-spawn-environ": env})
+        self._config.__enter__()
         self.cluster = LocalCUDACluster(**kwargs)
         self.client = Client(self.cluster)
         return self.client
