@@ -157,6 +157,24 @@ def test_cuda_forward_with_pinned_overlapped_batches_matches_cpu():
     assert np.isfinite(m.predict_numpy(x, device="cuda", precision="float16")).all()
 
 
+@pytest.mark.requires_gpu
+def test_cuda_forward_from_many_threads_reusing_staging_buffers():
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = trained("siftml")
+    x, _ = m.features(chunk(), return_mask=True)
+    cpu = m.predict_numpy(x)
+    # each thread: a large call, then smaller ones reusing (views of) its pinned buffers
+    parts = [slice(0, len(x)), slice(0, len(x) // 3), slice(len(x) // 4, len(x) // 2)] * 4
+
+    def run(sl):
+        return m.predict_numpy(x[sl], device="cuda", batch_size=max(1, len(x) // 7))
+
+    with ThreadPoolExecutor(4) as pool:
+        for sl, got in zip(parts, pool.map(run, parts), strict=True):
+            np.testing.assert_allclose(got, cpu[sl], rtol=1e-4, atol=1e-4)
+
+
 def test_sif_only_uses_per_igbp_slopes():
     m = trained("sif-only")
     conv = m.provenance["sif_conversion"]

@@ -470,7 +470,8 @@ def _compute_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: 
         if client is not None:
             from distributed import as_completed
 
-            futures = {client.compute(w): i for i, w in writes.items()}
+            # one submission: the scheduler orders the chunks of all slabs together
+            futures = dict(zip(client.compute(list(writes.values())), writes, strict=True))
             try:
                 for fut in as_completed(list(futures)):
                     mark(futures[fut], int(_tagged(fut.result, futures[fut])))

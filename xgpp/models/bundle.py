@@ -69,17 +69,18 @@ def _forward_cuda(module: nn.Module, x: np.ndarray, bs: int, n_out: int,
                   precision: str) -> np.ndarray:
     """Forward pass on a GPU with host transfers overlapped with compute.
 
-    The rows are copied once into page-locked (pinned) host memory, so host-to-device copies
-    are asynchronous DMA; batch ``i + 1`` is copied on a side stream while batch ``i`` runs on
-    the compute stream, and results come back into a pinned buffer without blocking.  One
-    synchronisation at the end.
+    The rows are copied once into this thread's page-locked (pinned) staging buffer
+    (:func:`_pinned`, reused across calls), so host-to-device copies are asynchronous DMA;
+    batch ``i + 1`` is copied on a side stream while batch ``i`` runs on the compute stream,
+    and results come back into a pinned buffer without blocking.  Each dask thread has its own
+    pair of streams, so chunks of several threads run on the GPU concurrently and each waits
+    only for its own work: one synchronisation per call.
     """
     dev = next(module.parameters()).device
     n = x.shape[0]
-    src = torch.from_numpy(x).pin_memory()
-    res = torch.empty((n, n_out), dtype=torch.float32, pin_memory=True)
-    compute = torch.cuda.current_stream(dev)
-    side = torch.cuda.Stream(dev)
+    src = _pinned("src", x.shape).copy_(torch.from_numpy(x))
+    res = _pinned("res", (n, n_out))
+    compute, side = _streams(dev)
 
     def upload(i: int) -> tuple[torch.Tensor, torch.cuda.Event]:
         with torch.cuda.stream(side):
@@ -88,7 +89,7 @@ def _forward_cuda(module: nn.Module, x: np.ndarray, bs: int, n_out: int,
             ready.record(side)
         return xb, ready
 
-    with torch.inference_mode(), _autocast("cuda", precision):
+    with torch.inference_mode(), _autocast("cuda", precision), torch.cuda.stream(compute):
         nxt = upload(0) if n else None
         for i in range(0, n, bs):
             xb, ready = nxt
@@ -98,7 +99,35 @@ def _forward_cuda(module: nn.Module, x: np.ndarray, bs: int, n_out: int,
                 nxt = upload(i + bs)
             res[i:i + bs].copy_(module(xb).float(), non_blocking=True)
     compute.synchronize()
-    return res.numpy().copy()
+    return res.numpy().copy()  # the staging buffer is reused by this thread's next call
+
+
+_STAGING = threading.local()
+
+
+def _streams(dev: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
+    """Return the calling thread's (compute, copy) CUDA streams on ``dev``."""
+    key = f"streams_{dev}"
+    pair = getattr(_STAGING, key, None)
+    if pair is None:
+        pair = (torch.cuda.Stream(dev), torch.cuda.Stream(dev))
+        setattr(_STAGING, key, pair)
+    return pair
+
+
+def _pinned(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Return the calling thread's page-locked float32 buffer ``name``, viewed as ``shape``.
+
+    Allocating pinned memory (``cudaHostAlloc``) costs far more than copying into it and
+    serialises threads in the driver; each dask thread keeps its buffers and grows them only
+    when a larger chunk arrives.
+    """
+    size = int(np.prod(shape))
+    buf = getattr(_STAGING, name, None)
+    if buf is None or buf.numel() < size:
+        buf = torch.empty(max(size, 1), dtype=torch.float32, pin_memory=True)
+        setattr(_STAGING, name, buf)
+    return buf[:size].view(shape)
 
 
 class BundleFormatError(ValueError):
@@ -296,8 +325,10 @@ class TorchModel:
         with _DEVICE_LOCK:  # dask threads of one worker share the model: copy it once
             cached = self._on_device.get(str(dev))
             if cached is None or cached[0] != version:  # first use, or the weights changed
-                self._on_device[str(dev)] = (version,
-                                             copy.deepcopy(self.module).to(dev).eval())
+                moved = copy.deepcopy(self.module).to(dev).eval()
+                if dev.type == "cuda":  # its weights are read on other threads' streams
+                    torch.cuda.synchronize(dev)
+                self._on_device[str(dev)] = (version, moved)
             return self._on_device[str(dev)][1]
 
     def predict_numpy(self, features: np.ndarray, *, device: str = "cpu",
