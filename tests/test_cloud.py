@@ -108,3 +108,23 @@ def test_twin_world_on_s3(s3_bucket):
             for var in expected.data_vars:
                 assert dask.is_dask_collection(opened[var].variable._data)
             xr.testing.assert_identical(opened.compute(), expected.compute())
+
+
+def test_resumable_prediction_streams_to_s3_from_cluster_workers(s3_bucket):
+    """ds.gpp.to_zarr on an s3:// URL: workers write the chunks with the storage options."""
+    from test_predict import _model
+
+    from xgpp.synthetic import make_world
+
+    bucket, options = s3_bucket
+    drivers = make_world(resolution=12.0, start="2019-01-01", end="2019-06-30", n_sites=4,
+                         chunks={"time": 6, "lat": 8, "lon": 15}).drivers
+    model = _model(drivers)
+    url = f"{bucket}/pred.zarr"
+    with xgpp.cluster("local", n_workers=1, threads_per_worker=2):
+        drivers.gpp.to_zarr(model, url, storage_options=options, progress=False)
+    back = open_cube(url, **options)
+    assert back.attrs["xgpp_complete"] is True
+    expect = xgpp.predict(drivers.compute(), model)["gpp"].values
+    np.testing.assert_allclose(back["gpp"].values, expect, rtol=1e-5, atol=1e-5)
+    assert np.isfinite(expect).any()

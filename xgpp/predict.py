@@ -376,8 +376,8 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
         elif not overwrite:
             raise FileExistsError(
                 f"{url} already holds a store that is not this prediction (other model, "
-                "inputs, grid, chunks or options). Choose another output, or pass overwrite=True (--overwrite) to "
-                "replace it."
+                "inputs, grid, chunks or options). Choose another output, or pass "
+                "overwrite=True (--overwrite) to replace it."
             )
     if done is None:
         init = result.copy()
