@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import dask.array as da
@@ -219,10 +220,50 @@ def test_cuda_missing_package_names_extra(monkeypatch):
         CUDABackend().start()
 
 
+@pytest.mark.parametrize(
+    ("cores", "gpus", "options", "expected"),
+    [
+        (16, "0", {}, (4, 4)),  # the H200 node: 4 processes of 4 threads feed one GPU
+        (16, "0,1", {}, (2, 4)),
+        (4, "0", {}, (1, 4)),  # too few cores to split: dask-cuda, one worker
+        (16, "0", {"processes_per_gpu": 1}, (1, 16)),
+        (16, "0", {"processes_per_gpu": 2, "threads_per_worker": 3}, (2, 3)),
+        (16, "0", {"rmm_pool_size": "1GB"}, (1, 16)),  # dask-cuda options: dask-cuda
+    ],
+)
+def test_cuda_sizing_feeds_each_gpu_from_several_processes(monkeypatch, cores, gpus, options,
+                                                          expected):
+    monkeypatch.setattr(cluster_mod, "available_cores", lambda: cores)
+    backend = CUDABackend(CUDA_VISIBLE_DEVICES=gpus, **options)
+    assert backend.gpus() == gpus.split(",")
+    assert backend.sizing() == expected
+
+
+def test_cuda_options_that_need_dask_cuda_are_refused_with_several_processes():
+    with pytest.raises(ValueError, match=r"\['rmm_pool_size'\].*processes_per_gpu=1"):
+        CUDABackend(processes_per_gpu=4, rmm_pool_size="1GB").sizing()
+    with pytest.raises(ValueError, match="processes_per_gpu must be >= 1"):
+        CUDABackend(processes_per_gpu=0)
+
+
+def test_gpu_process_cluster_gives_each_worker_its_gpu():
+    """Real worker processes (no GPU needed to check the wiring): one GPU id per worker."""
+    from distributed import Client
+
+    with cluster_mod.gpu_process_cluster(["0", "1"], 1, 1) as spec, Client(spec) as client:
+        seen = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"])
+        names = {w["name"]: w["id"] for w in client.scheduler_info()["workers"].values()}
+        assert sorted(seen.values()) == ["0", "1"]
+        assert sorted(names) == ["gpu0-0", "gpu1-0"]
+        assert _compute_sum(client) == float(np.arange(1000).sum())
+
+
 @pytest.mark.requires_gpu
 def test_cuda_cluster_computes():
     if not cluster_mod.gpu_available():
         pytest.skip("no CUDA GPU visible through NVML/torch")
     pytest.importorskip("dask_cuda")
     with xgpp.cluster("cuda") as client:
+        assert _compute_sum(client) == float(np.arange(1000).sum())
+    with xgpp.cluster("cuda", processes_per_gpu=1) as client:  # dask-cuda
         assert _compute_sum(client) == float(np.arange(1000).sum())
