@@ -11,7 +11,8 @@ kind                            back end
                                 ``dask_cuda.LocalCUDACluster``)
 ``"gateway"``                   :class:`GatewayBackend` (Dask Gateway)
 ``"tcp://host:8786"``           :class:`AddressBackend` (an existing scheduler)
-``"auto"`` or ``None``          ``"cuda"`` when a GPU is visible and dask-cuda imports,
+``"auto"`` or ``None``          ``"cuda"`` when a GPU is visible (and dask-cuda imports,
+                                where one process per GPU is all the cores allow),
                                 else ``"local"``
 ==============================  ==========================================================
 
@@ -576,7 +577,10 @@ def resolve_kind(kind: str | None) -> tuple[str, dict[str, Any]]:
     ``"tcp://host:8786"`` or ``"host:8786"`` -> ``("address", {"address": kind})``.
     """
     if kind is None or kind == "auto":
-        return ("cuda" if gpu_available() and _dask_cuda_importable() else "local"), {}
+        # a GPU node gets GPU workers: several processes per GPU need only distributed,
+        # one worker per GPU needs dask-cuda
+        use_gpu = gpu_available() and (CUDABackend().sizing()[0] > 1 or _dask_cuda_importable())
+        return ("cuda" if use_gpu else "local"), {}
     if kind in BACKENDS:
         return kind, {}
     if _ADDRESS.match(kind):
@@ -598,8 +602,8 @@ def cluster(kind: str | None = "auto", **options: Any) -> Iterator[Client]:
     ----------
     kind : str or None
         ``"local"``, ``"cuda"``, ``"gateway"``, a scheduler address (``"tcp://host:8786"``),
-        or ``"auto"``/``None`` (``"cuda"`` when a GPU is visible and dask-cuda imports, else
-        ``"local"``).
+        or ``"auto"``/``None`` (``"cuda"`` when a GPU is visible, else ``"local"``; on a node
+        with fewer than 8 cores per GPU only when dask-cuda imports).
     **options
         Keyword arguments of the back-end class (:class:`LocalBackend`, :class:`CUDABackend`,
         :class:`GatewayBackend`, :class:`AddressBackend`).
