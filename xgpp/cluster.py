@@ -356,7 +356,6 @@ class CUDABackend(_ClientBackend):
             procs = 1
         else:
             procs = max(1, per_gpu // THREADS_PER_GPU_PROCESS)
-            procs = procs if procs >= 2 else 1
         if procs > 1 and extra:
             raise ValueError(
                 f"options {extra} are dask-cuda's and need processes_per_gpu=1 (a "
