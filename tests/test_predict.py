@@ -345,3 +345,17 @@ def test_write_prediction_runs_the_model_once_per_chunk(tmp_path, drivers, model
     monkeypatch.setattr(P, "_predict_block", lambda *a, **k: calls.append(1) or original(*a, **k))
     write_prediction(drivers, model, str(tmp_path / "p.zarr"), progress=False)
     assert len(calls) == drivers["tair"].data.npartitions
+
+
+def test_write_prediction_stores_every_output_of_a_two_output_model(tmp_path, drivers):
+    two = _model(drivers, outputs=("gpp", "sif"))
+    sub = drivers.isel(time=slice(5, None), lat=slice(3, None))  # mid-chunk start too
+    url = str(tmp_path / "two.zarr")
+    write_prediction(sub, two, url, progress=False)
+    back = xr.open_zarr(url, consolidated=False)
+    expect = predict(sub.compute(), two)
+    assert back.attrs["xgpp_complete"] is True
+    for name in ("gpp", "sif"):
+        assert np.isfinite(back[name].values).any(), f"{name} was never written"
+        np.testing.assert_allclose(back[name].values, expect[name].values, rtol=1e-5,
+                                   atol=1e-5)

@@ -396,11 +396,13 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     for i in todo:
         t = slice(int(edges[i]), int(edges[i + 1]))
         # each task stores its chunk (the store's metadata and coordinates are written above)
-        # and hands the chunk on, so counting valid pixels reuses it: the model runs once
+        # and hands the chunk on, so counting valid values reuses it: the model runs once.
+        # The count sums over every output, so computing it stores every output (a count of
+        # one output alone would let dask drop the other outputs' stores from the graph)
         stored = da.store([result[o].data[t] for o in names], [group[o] for o in names],
                           regions=[(t,)] * len(names), lock=False, compute=False,
                           return_stored=True, load_stored=True)
-        writes[i] = da.isfinite(stored[0]).sum()
+        writes[i] = sum(da.isfinite(s).sum() for s in stored)
     counts: dict[int, int] = {}
 
     def mark(i: int, n_valid: int) -> None:
