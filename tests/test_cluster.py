@@ -81,6 +81,17 @@ def test_auto_is_cuda_with_gpu_and_dask_cuda(monkeypatch):
     assert resolve_kind("auto") == ("cuda", {})
 
 
+def test_auto_on_a_gpu_node_without_dask_cuda(monkeypatch):
+    monkeypatch.setattr(cluster_mod, "gpu_available", lambda: True)
+    monkeypatch.setattr(cluster_mod, "_dask_cuda_importable", lambda: False)
+    monkeypatch.setattr(cluster_mod, "available_cores", lambda: 16)
+    assert resolve_kind("auto") == ("cuda", {})  # several processes per GPU: no dask-cuda
+    # options that need dask-cuda, or too few cores to split a GPU: local workers
+    assert resolve_kind("auto", {"n_workers": 2}) == ("local", {})
+    monkeypatch.setattr(cluster_mod, "available_cores", lambda: 4)
+    assert resolve_kind("auto") == ("local", {})
+
+
 def test_unknown_kind_lists_choices():
     with pytest.raises(ValueError, match=r"unknown cluster kind 'bogus'.*'local'"):
         resolve_kind("bogus")
@@ -255,6 +266,11 @@ def test_gpu_process_cluster_gives_each_worker_its_gpu():
         names = {w["name"]: w["id"] for w in client.scheduler_info()["workers"].values()}
         assert sorted(seen.values()) == ["0", "1"]
         assert sorted(names) == ["gpu0-0", "gpu1-0"]
+        # loopback only, like LocalCluster; allocator settings present when the worker started
+        assert spec.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert all(a.startswith("tcp://127.0.0.1:") for a in seen)
+        trim = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        assert set(trim.values()) == {str(cluster_mod.MALLOC_TRIM_THRESHOLD)}
         assert _compute_sum(client) == float(np.arange(1000).sum())
 
 

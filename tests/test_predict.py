@@ -333,6 +333,11 @@ def test_only_read_errors_are_probed_as_damage(drivers):
         with pytest.raises(RuntimeError, match="decode"), naming_unreadable(ds, ["tair"]):
             raise RuntimeError("decode failed")  # every chunk reads here: original error
         assert len(probed) == 1
+        import zlib
+
+        with pytest.raises(zlib.error), naming_unreadable(ds, ["tair"]):
+            raise zlib.error("Error -3 while decompressing data")  # a GZip/Zlib chunk
+        assert len(probed) == 2
     finally:
         C.find_unreadable = original
 
@@ -359,3 +364,17 @@ def test_write_prediction_stores_every_output_of_a_two_output_model(tmp_path, dr
         assert np.isfinite(back[name].values).any(), f"{name} was never written"
         np.testing.assert_allclose(back[name].values, expect[name].values, rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_resume_on_another_device_or_batch_size_continues_the_store(tmp_path, drivers, model):
+    import zarr
+
+    url = str(tmp_path / "p.zarr")
+    write_prediction(drivers, model, url, progress=False)
+    group = zarr.open_group(url, mode="r+")
+    first = group.attrs["xgpp_fingerprint"]
+    group.attrs.update({"xgpp_complete": False, "xgpp_done_slabs": [0]})  # as if interrupted
+    # e.g. a smaller batch after running out of GPU memory, or the rest on a CPU node
+    write_prediction(drivers, model, url, batch_size=257, device="cpu", progress=False)
+    back = zarr.open_group(url, mode="r").attrs
+    assert back["xgpp_complete"] is True and back["xgpp_fingerprint"] == first

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -86,9 +87,10 @@ def _not_damage(err: BaseException) -> bool:
     return isinstance(err, PermissionError) or any(w in text for w in _ACCESS_WORDS)
 
 
-# errors a failed read or decode raises (codecs raise RuntimeError/ValueError, stores OSError);
+# errors a failed read or decode raises (Blosc, Zstd and LZ4 raise RuntimeError, Zlib and GZip
+# zlib.error or EOFError, stores OSError);
 # anything else (a bug, MemoryError, a cancelled task) propagates without probing the inputs
-READ_ERRORS = (OSError, RuntimeError, ValueError)
+READ_ERRORS = (OSError, RuntimeError, ValueError, EOFError, zlib.error)
 
 
 @contextlib.contextmanager

@@ -410,17 +410,24 @@ def gpu_process_cluster(gpus: list[str], processes_per_gpu: int, threads_per_wor
     Every worker is a nanny-managed process with ``CUDA_VISIBLE_DEVICES`` set to its GPU and
     the CPU workers' allocator settings (:func:`worker_environment`), so ``device="cuda"``
     (or ``"auto"``) in a task means that GPU; the workers' names say which (``gpu0-1``).
+    Scheduler and workers listen on the loopback interface only, as ``LocalCluster`` does.
     """
+    import dask
     from distributed import Nanny, Scheduler, SpecCluster
 
-    env = worker_environment(threads_per_worker, torch_threads=1)
     workers = {
         f"gpu{g}-{j}": {"cls": Nanny, "options": {
-            "nthreads": threads_per_worker, "env": {**env, "CUDA_VISIBLE_DEVICES": g}}}
+            "host": "127.0.0.1", "nthreads": threads_per_worker,
+            "env": {"CUDA_VISIBLE_DEVICES": g}}}  # set in the worker before CUDA starts
         for g in gpus for j in range(processes_per_gpu)
     }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address}}
-    return SpecCluster(workers=workers, scheduler=scheduler, name="xgpp-gpu")
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1",
+                                               "dashboard_address": dashboard_address}}
+    # glibc reads MALLOC_* when a process starts: they must be in the environment the nanny
+    # spawns the worker with (each nanny reads this when it is created, here)
+    env = worker_environment(threads_per_worker, torch_threads=1)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+        return SpecCluster(workers=workers, scheduler=scheduler, name="xgpp-gpu")
 
 
 @register_backend
@@ -569,17 +576,28 @@ class AddressBackend(_ClientBackend):
 _ADDRESS = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^\s/:]+:\d+/?$|^[a-z][a-z0-9+.-]*://\S+$", re.I)
 
 
-def resolve_kind(kind: str | None) -> tuple[str, dict[str, Any]]:
+def _gpu_workers_fit(options: dict[str, Any]) -> bool:
+    """Whether ``"auto"`` can start GPU workers with ``options``.
+
+    Several processes per GPU need only distributed; one worker per GPU (or any dask-cuda
+    option, such as ``n_workers``) needs dask-cuda.
+    """
+    try:
+        procs, _ = CUDABackend(**options).sizing()
+    except (TypeError, ValueError):
+        return False
+    return procs > 1 or _dask_cuda_importable()
+
+
+def resolve_kind(kind: str | None,
+                 options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """Map ``kind`` to a key of :data:`BACKENDS` plus any options implied by it.
 
     ``None``/``"auto"`` -> ``"cuda"`` or ``"local"``; a scheduler address such as
     ``"tcp://host:8786"`` or ``"host:8786"`` -> ``("address", {"address": kind})``.
     """
     if kind is None or kind == "auto":
-        # a GPU node gets GPU workers: several processes per GPU need only distributed,
-        # one worker per GPU needs dask-cuda
-        use_gpu = gpu_available() and (CUDABackend().sizing()[0] > 1 or _dask_cuda_importable())
-        return ("cuda" if use_gpu else "local"), {}
+        return ("cuda" if gpu_available() and _gpu_workers_fit(options or {}) else "local"), {}
     if kind in BACKENDS:
         return kind, {}
     if _ADDRESS.match(kind):
@@ -616,7 +634,7 @@ def cluster(kind: str | None = "auto", **options: Any) -> Iterator[Client]:
     >>> with xgpp.cluster("local", n_workers=2) as client:  # doctest: +SKIP
     ...     result = ds.gpp.predict(model).compute()
     """
-    key, implied = resolve_kind(kind)
+    key, implied = resolve_kind(kind, options)
     backend = BACKENDS[key](**{**implied, **options})
     try:
         client = backend.start()

@@ -306,16 +306,18 @@ def _zarr_regular(ds: xr.Dataset, model: Model, varying: list[str]) -> xr.Datase
                       for n in names})
 
 
-def _fingerprint(result: xr.Dataset, model: Model) -> str:
+def _fingerprint(result: xr.Dataset, model: Model, ds: xr.Dataset) -> str:
     import hashlib
 
     t = result["time"].values
     desc = {
         "model": model.sha256, "model_identity": _model_identity(model),
         "outputs": list(result.data_vars),
-        # the graph's name: the input data (store path and mtime, selections, in-memory bytes),
-        # the model and the options; stable across processes (see _build)
-        "graph": [result[v].data.name for v in result.data_vars],
+        # the input data: dask names it deterministically (store path and mtime, selections,
+        # rechunking) and hashes in-memory arrays, so this is stable across processes; the
+        # device and batch size are left out: resuming on another device, or with a smaller
+        # batch after running out of GPU memory, continues the same store
+        "inputs_data": dask.base.tokenize(*(ds[n].variable for n in model.inputs)),
         "inputs": list(model.inputs),
         "precision": result.attrs.get("xgpp_precision", "float32"),
         "time": [str(t[0]), str(t[-1]), int(t.size)] if t.size else [],
@@ -363,7 +365,7 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     src = _zarr_regular(ds, model, varying)
     result = _build(src, model, varying, static, batch_size=batch_size, device=device,
                     outputs=outputs, precision=precision)
-    fp = _fingerprint(result, model)
+    fp = _fingerprint(result, model, src)
     opts = storage_options or {}
     fs, root = fsspec.core.url_to_fs(url, **opts)
     done: set[int] | None = None
