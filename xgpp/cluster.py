@@ -160,27 +160,45 @@ def register_backend(cls: type[ClusterBackend]) -> type[ClusterBackend]:
 
 
 class _ClientBackend:
-    """Shared close logic: a client and possibly a cluster object."""
+    """Shared close logic: a client, possibly a cluster object, and a worker environment."""
 
     kind: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self.client: Client | None = None
         self.cluster: Any = None
+        self._config: contextlib.AbstractContextManager | None = None
+
+    def _set_worker_environment(self, env: dict[str, str]) -> None:
+        """Set ``distributed.nanny.pre-spawn-environ`` until :meth:`close`.
+
+        Nannies read it when they are created, including workers added later by
+        ``scale()``/``adapt()``, so it stays set while the cluster lives.
+        """
+        import dask
+
+        self._config = dask.config.set({"distributed.nanny.pre-spawn-environ": env})
+        self._config.__enter__()
 
     def close(self) -> None:
+        """Close client and cluster, then restore the Dask config."""
         client, cluster = self.client, self.cluster
         self.client = self.cluster = None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-        if cluster is not None:
-            shutdown = getattr(cluster, "shutdown", None) or cluster.close
-            with contextlib.suppress(Exception):
-                shutdown()
-            if shutdown != cluster.close:
+        try:
+            if client is not None:
                 with contextlib.suppress(Exception):
-                    cluster.close()
+                    client.close()
+            if cluster is not None:
+                shutdown = getattr(cluster, "shutdown", None) or cluster.close
+                with contextlib.suppress(Exception):
+                    shutdown()
+                if shutdown != cluster.close:
+                    with contextlib.suppress(Exception):
+                        cluster.close()
+        finally:
+            if self._config is not None:
+                self._config.__exit__(None, None, None)
+                self._config = None
 
 
 @register_backend
@@ -233,7 +251,6 @@ class LocalBackend(_ClientBackend):
             **{k: str(v) for k, v in (env or {}).items()},
         }
         self.cluster_kwargs = cluster_kwargs
-        self._config: contextlib.AbstractContextManager | None = None
 
     @staticmethod
     def sizing(n_workers: int | None, threads_per_worker: int | None) -> tuple[int, int]:
@@ -251,13 +268,9 @@ class LocalBackend(_ClientBackend):
 
     def start(self) -> Client:
         """Start the ``LocalCluster`` (worker environment set before each worker spawns)."""
-        import dask
         from distributed import Client, LocalCluster
 
-        # The nanny reads pre-spawn-environ when it is created, including workers added later by
-        # scale()/adapt(), so the setting stays active until close().
-        self._config = dask.config.set({"distributed.nanny.pre-spawn-environ": self.env})
-        self._config.__enter__()
+        self._set_worker_environment(self.env)
         kwargs: dict[str, Any] = {
             "n_workers": self.n_workers,
             "threads_per_worker": self.threads_per_worker,
@@ -269,15 +282,6 @@ class LocalBackend(_ClientBackend):
         self.cluster = LocalCluster(**kwargs)
         self.client = Client(self.cluster)
         return self.client
-
-    def close(self) -> None:
-        """Close client and cluster, then restore the Dask config."""
-        try:
-            super().close()
-        finally:
-            if self._config is not None:
-                self._config.__exit__(None, None, None)
-                self._config = None
 
 
 #: Dask threads per worker process that share a GPU: Zarr decoding in one process stops scaling
@@ -321,16 +325,6 @@ class CUDABackend(_ClientBackend):
         self.processes_per_gpu = processes_per_gpu
         self.threads_per_worker = threads_per_worker
         self.cluster_kwargs = cluster_kwargs
-        self._config: contextlib.AbstractContextManager | None = None
-
-    def close(self) -> None:
-        """Close client and cluster, then restore the Dask config."""
-        try:
-            super().close()
-        finally:
-            if self._config is not None:
-                self._config.__exit__(None, None, None)
-                self._config = None
 
     def gpus(self) -> list[str]:
         """The GPUs to use, as ``CUDA_VISIBLE_DEVICES`` entries."""
@@ -390,14 +384,10 @@ class CUDABackend(_ClientBackend):
             self.cluster = gpu_process_cluster(self.gpus(), procs, threads)
             self.client = Client(self.cluster)
             return self.client
-        import dask
-
         # the same allocator settings as the CPU workers (fresh memory is costly: reading and
         # decoding chunks is what a GPU worker spends its CPU time on); torch needs no CPU
         # threads of its own there
-        env = worker_environment(threads, torch_threads=1)
-        self._config = dask.config.set({"distributed.nanny.pre-spawn-environ": env})
-        self._config.__enter__()
+        self._set_worker_environment(worker_environment(threads, torch_threads=1))
         self.cluster = LocalCUDACluster(threads_per_worker=threads, **self.cluster_kwargs)
         self.client = Client(self.cluster)
         return self.client

@@ -405,14 +405,14 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
                           regions=[(t,)] * len(names), lock=False, compute=False,
                           return_stored=True, load_stored=True)
         writes[i] = sum(da.isfinite(s).sum() for s in stored)
-    counts: dict[int, int] = {}
+    # valid values per slab, those of slabs finished by an earlier run included
+    counts = {int(k): int(v) for k, v in group.attrs.get("xgpp_valid_counts", {}).items()}
 
     def mark(i: int, n_valid: int) -> None:
         counts[i] = n_valid
         done.add(i)
         group.attrs.update({"xgpp_done_slabs": sorted(done),
-                            "xgpp_valid_counts": {str(k): v for k, v in
-                                                  {**_stored_counts(group), **counts}.items()}})
+                            "xgpp_valid_counts": {str(k): v for k, v in counts.items()}})
 
     def diagnose(i: int, err: BaseException) -> None:
         from xgpp._chunks import naming_unreadable
@@ -423,14 +423,10 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
 
     _run_slabs(writes, mark, progress=progress, total=len(tchunks), skipped=len(done),
                label=f"predicting {', '.join(result.data_vars)} -> {url}", on_error=diagnose)
-    if sum({**_stored_counts(group), **counts}.values()) == 0:
+    if sum(counts.values()) == 0:
         raise ValueError(_all_missing_message(src, model, names[0], url))
     group.attrs.update({"xgpp_complete": True})
     return url
-
-
-def _stored_counts(group: Any) -> dict[int, int]:
-    return {int(k): int(v) for k, v in dict(group.attrs).get("xgpp_valid_counts", {}).items()}
 
 
 def _all_missing_message(ds: xr.Dataset, model: Model, output: str, url: str) -> str:
