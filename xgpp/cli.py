@@ -6,6 +6,15 @@ from typing import Annotated
 
 import typer
 
+
+def _method_help() -> str:
+    """``--method`` help, read from the training registry."""
+    from xgpp.train.methods import METHODS
+
+    return "Training method: " + "; ".join(f"{m.name} ({m.description})"
+                                           for m in METHODS.values()) + "."
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="xgpp: global GPP from satellite SIF and eddy-covariance towers.")
 
@@ -33,9 +42,15 @@ def world(
 def train(
     catalog: Annotated[str, typer.Option(help="Catalog (catalog.yaml, world folder or URL).")],
     out: Annotated[str, typer.Option(help="Model folder (checkpoints and bundle).")],
-    method: Annotated[str, typer.Option(help="siftml, ec-only, sif-only or pmodel.")] = "siftml",
+    method: Annotated[str, typer.Option(help=_method_help())] = "siftml",
     split: Annotated[str | None, typer.Option(
-        help="Held-out sites, e.g. site-kfold:k=5,fold=0 | igbp:fold=3 | blocks:block=10,buffer=2,fold=1")] = None,
+        help="Held-out sites, e.g. site-kfold:k=5,fold=0 | igbp:fold=3 | "
+             "blocks:block=10,buffer=2,fold=1; methods on SIF tracks also take held-out "
+             "track segments after ';', e.g. 'site-kfold:k=5,fold=0;tracks:k=5,fold=0'. "
+             "Methods that use no sites ignore it.")] = None,
+    sif_product: Annotated[str | None, typer.Option(
+        help="Catalog entry of the SIF cube (sif_tropomi, sif_oco2); default: the method's.")
+    ] = None,
     config: Annotated[str | None, typer.Option(help="JSON file with a TrainConfig dict.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -44,7 +59,7 @@ def train(
     from xgpp.train import train_from_catalog
 
     model = train_from_catalog(catalog, method=method, split=split, out=out, config=config,
-                               seed=seed, device=device)
+                               seed=seed, device=device, sif_product=sif_product)
     typer.echo(f"{model}\nsaved to {out}; load it with xgpp.load_model({out!r})")
 
 

@@ -92,7 +92,7 @@ def run_demo(out: str = "xgpp-demo", *, resolution: float = 2.0, years: int = 6,
     from xgpp.predict import predict
     from xgpp.splits import parse_split
     from xgpp.synthetic import write_world
-    from xgpp.train import train_from_catalog
+    from xgpp.train import METHODS, train_from_catalog
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
@@ -117,7 +117,9 @@ def run_demo(out: str = "xgpp-demo", *, resolution: float = 2.0, years: int = 6,
 
     console.rule(f"2/4 training SIFTML and baselines (held-out sites: {split})")
     paths = {}
-    for method in ("siftml", "ec-only", "sif-only"):
+    # the registry's trained methods of the SIFTML comparison (full-coverage SIF and sites)
+    methods = [m.name for m in METHODS.values() if m.comparison == "transfer" and m.needs_sites]
+    for method in methods:
         paths[method] = models_dir / method
         if not (paths[method] / "model.json").exists():
             console.print(f"[bold]{method}[/bold]")
@@ -156,7 +158,7 @@ def run_demo(out: str = "xgpp-demo", *, resolution: float = 2.0, years: int = 6,
     Console().print(table)
     (root / "scores.json").write_text(json.dumps(scores, indent=1))
     console.print(f"outputs in {root}:\n  world      {world_dir}/catalog.yaml\n"
-                  f"  models     {models_dir}/{{siftml,ec-only,sif-only}}\n"
+                  f"  models     {models_dir}/{{{','.join(methods)}}}\n"
                   f"  prediction {url} (catalog {pred_dir}/catalog.yaml)\n"
                   f"  pictures   {maps}, {scat}\n  scores     {root / 'scores.json'}\n"
                   f"finished in {time.perf_counter() - t0:.0f} s")

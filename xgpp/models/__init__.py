@@ -5,12 +5,16 @@
 
 from __future__ import annotations
 
+# the model files register their architectures on import (xgpp.models.registry)
+from xgpp.models import baselines as _baselines  # noqa: F401
 from xgpp.models.base import BUNDLE_FORMAT, OUTPUTS, Model
 from xgpp.models.bundle import BundleFormatError, TorchModel, load_model
 from xgpp.models.features import FeatureConfig, FeatureSpec
 from xgpp.models.mlp import MLP, MLPConfig
+from xgpp.models.registry import ARCHITECTURES, register_architecture
 
 __all__ = [
+    "ARCHITECTURES",
     "BUNDLE_FORMAT",
     "MLP",
     "OUTPUTS",
@@ -21,4 +25,5 @@ __all__ = [
     "Model",
     "TorchModel",
     "load_model",
+    "register_architecture",
 ]

@@ -24,7 +24,8 @@ from xgpp._pyrealm import UG_PER_S_TO_G_PER_DAY, quiet_pyrealm
 from xgpp._version import __version__
 from xgpp.models.base import OUTPUTS
 from xgpp.models.features import N_IGBP, FeatureSpec, columns_from_dataset
-from xgpp.models.mlp import MLP
+from xgpp.models.mlp import MLP, MLPConfig
+from xgpp.models.registry import register_architecture
 from xgpp.variables import VARIABLES
 
 __all__ = ["PModelBaseline", "SIFLinear", "fit_sif_slopes"]
@@ -114,6 +115,15 @@ class SIFLinear(nn.Module):
         else:
             slope = self.slopes[0].expand_as(s)
         return (slope * s)[:, None]
+
+
+@register_architecture("sif-linear", config=MLPConfig,
+                       description="SIF network + per-IGBP linear SIF -> GPP conversion")
+def _build_sif_linear(meta: dict[str, Any]) -> nn.Module:
+    spec = FeatureSpec.from_dict(meta["features"])
+    base = MLP(spec.n_features, int(meta["n_out_base"]), MLPConfig.from_dict(meta["net"]),
+               embed_column=spec.embed_column)
+    return SIFLinear(base, spec)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +223,7 @@ class PModelBaseline:
 
     def metadata(self) -> dict[str, Any]:
         """The JSON record written as ``model.json``."""
-        from xgpp.models.bundle import _metadata_header, versions
+        from xgpp.models._format import _metadata_header, versions
 
         return {**_metadata_header(self),
                 "pmodel": {"tmin_degC": PMODEL_TMIN, "parameters": "pyrealm defaults"},
@@ -221,7 +231,7 @@ class PModelBaseline:
 
     def save(self, path: str, *, storage_options: dict | None = None) -> str:
         """Write ``model.json`` (the P-model has no weights)."""
-        from xgpp.models.bundle import METADATA_FILE, _fs
+        from xgpp.models._format import METADATA_FILE, _fs
 
         fs, root = _fs(path, storage_options)
         fs.makedirs(root, exist_ok=True)

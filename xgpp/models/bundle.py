@@ -2,22 +2,20 @@
 
 A bundle is a folder (local path or any fsspec URL) holding::
 
-    model.json            format version, kind, inputs, outputs, feature normalisation,
-                          architecture, provenance (data, split, seed, versions), sha256
+    model.json            format version, kind, inputs and their units, outputs, feature
+                          normalisation, architecture config, provenance (data, split, seed,
+                          versions, training history), sha256
     weights.safetensors   the tensors (no pickle anywhere)
 
-:func:`load_model` reads it back into the class registered for its ``kind``.
+:class:`TorchModel` holds any architecture registered in :mod:`xgpp.models.registry`;
+:func:`load_model` rebuilds a bundle from its ``kind``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
 import json
-import platform
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -26,9 +24,24 @@ import xarray as xr
 from torch import nn
 
 from xgpp._version import __version__
+from xgpp.models._format import (
+    FORMAT_NAME,
+    KINDS,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    BundleFormatError,
+    _fs,
+    _json_default,
+    _metadata_header,
+    read_metadata,
+    versions,
+    weights_sha256,
+)
 from xgpp.models.base import BUNDLE_FORMAT, PRECISIONS, default_batch_size
 from xgpp.models.features import FeatureSpec, columns_from_dataset
-from xgpp.models.mlp import MLP, MLPConfig
+from xgpp.models.forward import forward
+from xgpp.models.outputs import NonNegative
+from xgpp.models.registry import ARCHITECTURES, build_module
 from xgpp.variables import VARIABLES
 
 __all__ = [
@@ -41,159 +54,14 @@ __all__ = [
     "weights_sha256",
 ]
 
-METADATA_FILE = "model.json"
-WEIGHTS_FILE = "weights.safetensors"
-FORMAT_NAME = "xgpp-model-bundle"
-
-
 _DEVICE_LOCK = threading.Lock()
 
-
-def _autocast(device_type: str, precision: str) -> Any:
-    if precision == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=getattr(torch, precision))
-
-
-def _forward_cpu(module: nn.Module, x: np.ndarray, bs: int, n_out: int,
-                 precision: str) -> np.ndarray:
-    """Forward pass over ``x`` in batches of ``bs`` rows, results written in place."""
-    out = np.empty((x.shape[0], n_out), np.float32)
-    with torch.inference_mode(), _autocast("cpu", precision):
-        for i in range(0, x.shape[0], bs):
-            out[i:i + bs] = module(torch.from_numpy(x[i:i + bs])).float().numpy()
-    return out
-
-
-def _forward_cuda(module: nn.Module, x: np.ndarray, bs: int, n_out: int,
-                  precision: str) -> np.ndarray:
-    """Forward pass on a GPU with host transfers overlapped with compute.
-
-    The rows are copied once into this thread's page-locked (pinned) staging buffer
-    (:func:`_pinned`, reused across calls), so host-to-device copies are asynchronous DMA;
-    batch ``i + 1`` is copied on a side stream while batch ``i`` runs on the compute stream,
-    and results come back into a pinned buffer without blocking.  Each dask thread has its own
-    pair of streams, so chunks of several threads run on the GPU concurrently and each waits
-    only for its own work: one synchronisation per call.
-    """
-    dev = next(module.parameters()).device
-    n = x.shape[0]
-    src = _pinned("src", x.shape).copy_(torch.from_numpy(x))
-    res = _pinned("res", (n, n_out))
-    compute, side = _streams(dev)
-
-    def upload(i: int) -> tuple[torch.Tensor, torch.cuda.Event]:
-        with torch.cuda.stream(side):
-            xb = src[i:i + bs].to(dev, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record(side)
-        return xb, ready
-
-    with torch.inference_mode(), _autocast("cuda", precision), torch.cuda.stream(compute):
-        nxt = upload(0) if n else None
-        for i in range(0, n, bs):
-            xb, ready = nxt
-            compute.wait_event(ready)
-            xb.record_stream(compute)  # xb was allocated on the side stream
-            if i + bs < n:
-                nxt = upload(i + bs)
-            res[i:i + bs].copy_(module(xb).float(), non_blocking=True)
-    compute.synchronize()
-    return res.numpy().copy()  # the staging buffer is reused by this thread's next call
-
-
-_STAGING = threading.local()
-
-
-def _streams(dev: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
-    """Return the calling thread's (compute, copy) CUDA streams on ``dev``."""
-    key = f"streams_{dev}"
-    pair = getattr(_STAGING, key, None)
-    if pair is None:
-        pair = (torch.cuda.Stream(dev), torch.cuda.Stream(dev))
-        setattr(_STAGING, key, pair)
-    return pair
-
-
-def _pinned(name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Return the calling thread's page-locked float32 buffer ``name``, viewed as ``shape``.
-
-    Allocating pinned memory (``cudaHostAlloc``) costs far more than copying into it and
-    serialises threads in the driver; each dask thread keeps its buffers and grows them only
-    when a larger chunk arrives.
-    """
-    size = int(np.prod(shape))
-    buf = getattr(_STAGING, name, None)
-    if buf is None or buf.numel() < size:
-        buf = torch.empty(max(size, 1), dtype=torch.float32, pin_memory=True)
-        setattr(_STAGING, name, buf)
-    return buf[:size].view(shape)
-
-
-class BundleFormatError(ValueError):
-    """A folder is not an xgpp bundle, or one written in an incompatible format version."""
-
-
-def weights_sha256(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict: names, dtypes, shapes and bytes in sorted order."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages that shape a trained model."""
-    import importlib.metadata as md
-
-    out = {"xgpp": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "numpy", "xarray", "dask", "zarr", "xbatcher", "pyrealm", "safetensors"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:  # pragma: no cover - optional
-            pass
-    return out
-
-
-def _fs(path: str, storage_options: dict | None):
-    import fsspec
-
-    return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
-
-
-def _metadata_header(model: Any) -> dict[str, Any]:
-    """The ``model.json`` fields every bundle kind shares (format, identity, inputs, outputs)."""
-    return {
-        "format": FORMAT_NAME,
-        "format_version": BUNDLE_FORMAT,
-        "kind": model.kind,
-        "method": model.method,
-        "id": model.id,
-        "sha256": model.sha256,
-        "xgpp_version": model.xgpp_version,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "inputs": list(model.inputs),
-        "input_units": model.input_units,
-        "outputs": model.outputs,
-    }
-
-
-def _build_module(kind: str, meta: dict[str, Any]) -> nn.Module:
-    spec = FeatureSpec.from_dict(meta["features"])
-    net_cfg = MLPConfig.from_dict(meta["net"])
-    embed = spec.embed_column
-    if kind == "mlp":
-        return MLP(spec.n_features, int(meta["n_out"]), net_cfg, embed_column=embed)
-    if kind == "sif-linear":
-        from xgpp.models.baselines import SIFLinear
-
-        base = MLP(spec.n_features, int(meta["n_out_base"]), net_cfg, embed_column=embed)
-        return SIFLinear(base, spec)
-    raise BundleFormatError(f"no torch module builder for bundle kind {kind!r}.")
+#: model.json keys every TorchModel writes itself; any other key is kind-specific ``extra``
+_STANDARD_KEYS = frozenset({
+    "format", "format_version", "kind", "method", "id", "sha256", "xgpp_version", "created",
+    "inputs", "input_units", "outputs", "output_scale", "output_offset", "features",
+    "feature_names", "net", "n_out", "provenance", "nonnegative",
+})
 
 
 class TorchModel:
@@ -210,21 +78,29 @@ class TorchModel:
     output_scale, output_offset : sequence of float
         Physical output = normalised output * scale + offset, per output column.
     kind : str
-        Registry key used by :func:`load_model` (``"mlp"`` or ``"sif-linear"``).
-    net : MLPConfig
+        Architecture registered in :data:`xgpp.models.registry.ARCHITECTURES` (``"mlp"``,
+        ``"sif-linear"``, ``"moe"``, ...); :func:`load_model` rebuilds the module from it.
+    net : config dataclass or dict
+        The architecture's settings (its registered ``config`` class, or that class's dict),
+        written as ``model.json["net"]``.
     method : str
         Training method (``"siftml"``, ``"ec-only"``, ``"sif-only"``, ...).
     provenance : dict
         Data, split, seed, config, versions, training history.
     extra : dict
-        Kind-specific metadata needed to rebuild the module.
+        Kind-specific metadata needed to rebuild the module (e.g. ``tasks`` of a MoE).
+    input_units : dict, optional
+        Units the model was trained with, by input (a loaded bundle's record); default the
+        canonical units of :data:`xgpp.variables.VARIABLES`.  :meth:`check` compares them with
+        the cube's ``units`` attributes.
     """
 
     def __init__(self, module: nn.Module, spec: FeatureSpec, *, outputs: dict[str, dict],
                  output_scale: list[float], output_offset: list[float], kind: str = "mlp",
-                 net: MLPConfig | None = None, method: str = "mlp",
+                 net: Any = None, method: str = "mlp",
                  provenance: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-                 xgpp_version: str = __version__) -> None:
+                 xgpp_version: str = __version__,
+                 input_units: dict[str, str] | None = None) -> None:
         if len(output_scale) != len(outputs) or len(output_offset) != len(outputs):
             raise ValueError(f"{len(outputs)} outputs but {len(output_scale)} scales and "
                              f"{len(output_offset)} offsets.")
@@ -234,7 +110,8 @@ class TorchModel:
         self.output_scale = np.asarray(output_scale, np.float32)
         self.output_offset = np.asarray(output_offset, np.float32)
         self.kind = kind
-        self.net = net or MLPConfig()
+        self.net = _config_of(kind, net)
+        self._input_units = dict(input_units) if input_units else None
         self.method = method
         self.provenance = dict(provenance or {})
         self.extra = dict(extra or {})
@@ -277,7 +154,9 @@ class TorchModel:
 
     @property
     def input_units(self) -> dict[str, str]:
-        """Canonical unit of each input."""
+        """Unit of each input the model was trained with (canonical units)."""
+        if self._input_units is not None:
+            return dict(self._input_units)
         return {n: VARIABLES[n].units for n in self.inputs}
 
     def __repr__(self) -> str:
@@ -286,8 +165,15 @@ class TorchModel:
 
     # ---- applying the model
     def check(self, ds: xr.Dataset) -> None:
-        """Raise a clear error naming the variable, units and dims if ``ds`` does not fit."""
+        """Raise a clear error naming the variable, units and dims if ``ds`` does not fit.
+
+        Besides the feature checks (variables, canonical units, dims), the units recorded in
+        the bundle at training time must be the cube's: a bundle trained on inputs in other
+        units (another xgpp version's canonical table, say) is refused rather than fed
+        numbers on another scale.
+        """
         self.spec.check(ds)
+        check_input_units(self, ds)
 
     def features(self, ds: xr.Dataset, *, return_mask: bool = False
                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -361,14 +247,12 @@ class TorchModel:
         bs = int(batch_size or default_batch_size(device))
         if bs < 1:
             raise ValueError(f"batch_size must be a positive number of rows, got {batch_size}.")
-        module = self._module_on(device)
-        dev = next(module.parameters()).device
-        if dev.type == "cuda":
-            out = _forward_cuda(module, x, bs, len(self.outputs), precision)
-        else:
-            out = _forward_cpu(module, x, bs, len(self.outputs), precision)
+        out = forward(self._module_on(device), x, bs, len(self.outputs), precision)
         out *= self.output_scale
         out += self.output_offset
+        if isinstance(self.module, NonNegative):  # >= 0 exactly, not -1e-7 from rounding
+            cols = list(self.module.columns)
+            out[:, cols] = np.maximum(out[:, cols], 0.0)
         return out
 
     # ---- persistence
@@ -380,8 +264,10 @@ class TorchModel:
             "output_offset": self.output_offset.tolist(),
             "features": self.spec.to_dict(),
             "feature_names": list(self.spec.names),
-            "net": self.net.to_dict(),
+            "net": self.net.to_dict() if hasattr(self.net, "to_dict") else dict(self.net),
             "n_out": len(self.outputs),
+            **({"nonnegative": self.module.record()} if isinstance(self.module, NonNegative)
+               else {}),
             **self.extra,
             "provenance": self.provenance,
         }
@@ -408,7 +294,7 @@ class TorchModel:
 
         with fs.open(f"{root}/{WEIGHTS_FILE}", "rb") as f:
             state = st_load(f.read())
-        module = _build_module(meta["kind"], meta)
+        module = build_module(meta["kind"], meta)
         try:
             module.load_state_dict(state)
         except RuntimeError as err:
@@ -423,58 +309,38 @@ class TorchModel:
                 f"weights in {root} have sha256 {found[:16]}..., but {METADATA_FILE} records "
                 f"{str(meta.get('sha256'))[:16]}...: the bundle was modified or damaged."
             )
-        extra_keys = ("n_out_base", "conversion")
         return cls(module, FeatureSpec.from_dict(meta["features"]), outputs=meta["outputs"],
                    output_scale=meta["output_scale"], output_offset=meta["output_offset"],
-                   kind=meta["kind"], net=MLPConfig.from_dict(meta["net"]),
+                   kind=meta["kind"], net=meta["net"],
                    method=meta.get("method", "mlp"), provenance=meta.get("provenance", {}),
-                   extra={k: meta[k] for k in extra_keys if k in meta},
-                   xgpp_version=meta.get("xgpp_version", "unknown"))
+                   extra={k: v for k, v in meta.items() if k not in _STANDARD_KEYS},
+                   xgpp_version=meta.get("xgpp_version", "unknown"),
+                   input_units=meta.get("input_units"))
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, tuple | set):
-        return list(obj)
-    return str(obj)
+def _config_of(kind: str, net: Any) -> Any:
+    """The architecture config of ``kind`` as its registered dataclass (dicts are parsed)."""
+    arch = ARCHITECTURES.get(kind)
+    if net is None:
+        if arch is None or arch.config is None:
+            return {}
+        return arch.config()
+    if isinstance(net, dict) and arch is not None and arch.config is not None:
+        return arch.config.from_dict(net)
+    return net
 
 
-def read_metadata(path: str, *, storage_options: dict | None = None) -> dict[str, Any]:
-    """Read and validate ``model.json`` of the bundle at ``path``."""
-    fs, root = _fs(path, storage_options)
-    target = f"{root}/{METADATA_FILE}"
-    try:
-        with fs.open(target, "r") as f:
-            meta = json.load(f)
-    except FileNotFoundError as err:
-        raise BundleFormatError(
-            f"{path} is not an xgpp model bundle: it has no {METADATA_FILE}. Point "
-            "xgpp.load_model at the folder written by model.save() or `xgpp train --out`."
-        ) from err
-    except json.JSONDecodeError as err:
-        raise BundleFormatError(f"{target} is not valid JSON: {err}") from err
-    if meta.get("format") != FORMAT_NAME:
-        raise BundleFormatError(f"{target} has format {meta.get('format')!r}, expected "
-                                f"{FORMAT_NAME!r}.")
-    version = meta.get("format_version")
-    if version != BUNDLE_FORMAT:
-        raise BundleFormatError(
-            f"bundle {path} has format version {version!r}, but this xgpp "
-            f"({__version__}) reads version {BUNDLE_FORMAT} only. Load it with the xgpp "
-            f"version that wrote it ({meta.get('xgpp_version', 'unknown')}) or retrain."
-        )
-    return meta
-
-
-#: bundle kind -> "module:Class" that rebuilds it (adding a model kind is adding a row)
-KINDS: dict[str, str] = {
-    "mlp": "xgpp.models.bundle:TorchModel",
-    "sif-linear": "xgpp.models.bundle:TorchModel",
-    "pmodel": "xgpp.models.baselines:PModelBaseline",
-}
+def check_input_units(model: Any, ds: xr.Dataset) -> None:
+    """Raise when a cube variable's ``units`` differ from the units ``model`` was trained with."""
+    for name, units in model.input_units.items():
+        if name in ds.variables and "units" in ds[name].attrs:
+            found = ds[name].attrs["units"]
+            if found != units:
+                raise ValueError(
+                    f"variable {name!r} has units {found!r}, but model {model.id} was trained "
+                    f"with {name!r} in {units!r} (recorded in its bundle). Convert the input "
+                    f"(xgpp.variables.normalise_units) or use a model trained on these units."
+                )
 
 
 def load_model(path: str, *, storage_options: dict | None = None) -> Any:
@@ -489,11 +355,13 @@ def load_model(path: str, *, storage_options: dict | None = None) -> Any:
 
     meta = read_metadata(path, storage_options=storage_options)
     kind = meta.get("kind")
+    fs, root = _fs(path, storage_options)
+    if kind in ARCHITECTURES:
+        return TorchModel.from_bundle(meta, fs, root)
     if kind not in KINDS:
         raise BundleFormatError(f"bundle {path} has unknown kind {kind!r}; this xgpp knows "
-                                f"{sorted(KINDS)}.")
+                                f"{sorted(set(KINDS) | set(ARCHITECTURES))}.")
     module_name, _, cls_name = KINDS[kind].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    fs, root = _fs(path, storage_options)
     return cls.from_bundle(meta, fs, root)
 

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from xgpp.models.registry import register_architecture
+
 __all__ = ["ACTIVATIONS", "MLP", "MLPConfig"]
 
 #: Activation name -> module class (data, not if-chains).
@@ -110,3 +112,12 @@ class MLP(nn.Module):
     def feature_parameters(self) -> list[nn.Parameter]:
         """Parameters of the feature layers (trunk and embedding), frozen by ``"head"`` tuning."""
         return [p for name, p in self.named_parameters() if not name.startswith("head.")]
+
+
+@register_architecture("mlp", config=MLPConfig, description="feature layers + linear head")
+def _build_mlp(meta: dict[str, Any]) -> nn.Module:
+    from xgpp.models.features import FeatureSpec
+
+    spec = FeatureSpec.from_dict(meta["features"])
+    return MLP(spec.n_features, int(meta["n_out"]), MLPConfig.from_dict(meta["net"]),
+               embed_column=spec.embed_column)

@@ -1,0 +1,43 @@
+"""SIF-only baseline: the SIF-pre-trained network times a SIF -> GPP slope from the sites."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from xgpp.models.base import OUTPUTS
+from xgpp.models.baselines import SIFLinear, fit_sif_slopes
+from xgpp.models.bundle import TorchModel
+from xgpp.models.siftml import set_trainable
+from xgpp.train.methods import register_method
+from xgpp.train.methods._mlp import new_mlp, release
+from xgpp.train.methods._pretrain import pretrain_on_sif
+
+
+@register_method("sif-only", needs_sites=True, sif_product="sif_tropomi",
+                 description="SIF network + linear SIF -> GPP slope (global or per IGBP class) "
+                             "fitted at the training sites",
+                 config_sections=("features", "net", "pretrain", "loader", "sif_conversion",
+                                  "min_class_samples", "site_window", "igbp_from", "sif_var"))
+def fit(ctx):
+    """Pre-train on SIF, then fit ``GPP = slope[igbp] * SIF`` at every training site."""
+    cfg, s = ctx.config, ctx.site_split
+    net = new_mlp(ctx)
+    set_trainable(net, "pretrain")
+    s_mean, s_std = pretrain_on_sif(ctx, net)
+    ctx.provenance["history"] = ctx.history
+    module = SIFLinear(release(net), ctx.spec)
+    module.sif_mean.fill_(s_mean)
+    module.sif_std.fill_(s_std)
+    with torch.inference_mode():
+        sif_fit = module.sif(torch.from_numpy(np.concatenate([s.x_fit, s.x_val]))).numpy()
+    slopes, info = fit_sif_slopes(
+        sif_fit, np.concatenate([s.y_fit, s.y_val])[:, 0], np.concatenate([s.cls_fit, s.cls_val]),
+        per_class=cfg.sif_conversion == "igbp", min_samples=cfg.min_class_samples)
+    module.slopes.copy_(torch.from_numpy(slopes.astype(np.float32)))
+    model = TorchModel(module.eval(), ctx.spec, outputs={"gpp": dict(OUTPUTS["gpp"])},
+                       output_scale=[1.0], output_offset=[0.0], kind="sif-linear",
+                       net=cfg.net, method=ctx.method,
+                       provenance={**ctx.provenance, "sif_conversion": info},
+                       extra={"n_out_base": 1, "conversion": info})
+    return ctx.save(model)
