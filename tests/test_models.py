@@ -19,6 +19,7 @@ from xgpp.models import (
     load_model,
 )
 from xgpp.models.baselines import PModelBaseline, fit_sif_slopes
+from xgpp.models.outputs import unwrap
 from xgpp.train import PhaseConfig
 
 torch.set_num_threads(1)
@@ -179,12 +180,16 @@ def test_sif_only_uses_per_igbp_slopes():
     m = trained("sif-only")
     conv = m.provenance["sif_conversion"]
     assert conv["global"] > 0 and len(conv["per_class"]) >= 3
-    slopes = m.module.slopes.numpy()
+    inner = unwrap(m.module)  # behind the GPP >= 0 softplus floor
+    slopes = inner.slopes.numpy()
     x, _ = m.features(chunk(), return_mask=True)
-    sif = m.module.sif(torch.from_numpy(x)).detach().numpy()
+    sif = inner.sif(torch.from_numpy(x)).detach().numpy()
     cls_ = x[:, -17:].argmax(1)
-    np.testing.assert_allclose(m.predict_numpy(x)[:, 0], slopes[cls_] * sif, rtol=1e-5,
-                               atol=1e-5)
+    raw = torch.from_numpy(slopes[cls_] * sif)
+    floored = torch.nn.functional.softplus(raw, beta=10.0).numpy()
+    np.testing.assert_allclose(m.predict_numpy(x)[:, 0], floored, rtol=1e-5, atol=1e-5)
+    big = raw.numpy() > 2  # the floor is the identity well above 0
+    np.testing.assert_allclose(m.predict_numpy(x)[big, 0], raw.numpy()[big], rtol=1e-5)
 
 
 def test_fit_sif_slopes_recovers_known_slopes():
@@ -204,7 +209,7 @@ def test_embedding_and_feature_options_round_trip(tmp_path):
                        net=MLPConfig(hidden=(16,), activation="relu", dropout=0.1))
     m = run("ec-only", config=cfg)
     assert m.inputs[-1] == "igbp" and "elevation" not in m.inputs
-    assert m.module.embedding.num_embeddings == 17
+    assert unwrap(m.module).embedding.num_embeddings == 17
     m.save(str(tmp_path / "emb"))
     loaded = load_model(str(tmp_path / "emb"))
     x, _ = m.features(chunk(), return_mask=True)
@@ -270,3 +275,20 @@ def test_site_samples_and_grid_give_identical_features():
             "time", "lat", "lon").compute())
         # drivers identical; lat/lon encodings differ by tower-vs-cell-centre only
         np.testing.assert_allclose(xs[k, :9], xc[0, :9], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["siftml", "ec-only", "sif-only", "pmodel"])
+def test_gpp_is_never_negative_for_any_method(method):
+    m = PModelBaseline() if method == "pmodel" else trained(method)
+    x, _ = m.features(chunk(), return_mask=True)
+    gpp = m.predict_numpy(x)[:, 0]
+    assert np.isfinite(gpp).all() and gpp.min() >= 0.0
+    if method == "pmodel":
+        return
+    # the floor is the softplus of the raw network output, in physical units
+    raw_net = unwrap(m.module)
+    with torch.inference_mode():
+        raw = raw_net(torch.from_numpy(x))[:, 0].numpy().astype(np.float64)
+    raw = raw * m.module.scale.item() + m.module.offset.item()
+    expect = np.logaddexp(0.0, 10.0 * raw) / 10.0
+    np.testing.assert_allclose(gpp, expect, rtol=1e-4, atol=1e-4)

@@ -217,7 +217,8 @@ class PModelBaseline:
                     fapar=np.clip(b[:, 4], 0.0, 1.0), ppfd=np.clip(b[:, 5], 0.0, 3000.0),
                 )
                 gpp = PModel(env).gpp * UG_PER_S_TO_G_PER_DAY
-            res = np.where(np.isfinite(gpp), gpp, np.nan).astype(np.float32)
+            # GPP >= 0 (pyrealm's light-use model gives none below; clamped for safety)
+            res = np.where(np.isfinite(gpp), np.maximum(gpp, 0.0), np.nan).astype(np.float32)
             out[i:i + len(warm), 0][warm] = res
         return out
 

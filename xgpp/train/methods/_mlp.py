@@ -7,8 +7,9 @@ import torch
 from xgpp.models.base import OUTPUTS
 from xgpp.models.bundle import TorchModel
 from xgpp.models.mlp import MLP
+from xgpp.models.outputs import NonNegative
 
-__all__ = ["gpp_model", "new_mlp"]
+__all__ = ["gpp_model", "new_mlp", "nonnegative_gpp", "release"]
 
 
 def new_mlp(ctx, n_out: int = 1) -> MLP:
@@ -27,8 +28,14 @@ def release(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def gpp_model(ctx, net: MLP) -> TorchModel:
-    """A GPP bundle of an MLP trained on normalised site GPP."""
+def nonnegative_gpp(ctx, net: MLP) -> NonNegative:
+    """``net`` (normalised site GPP) behind the softplus floor at 0 gC m-2 d-1."""
+    s = ctx.site_split
+    return NonNegative(net, [s.gpp_std], [s.gpp_mean], [0]).to(ctx.device)
+
+
+def gpp_model(ctx, net: NonNegative) -> TorchModel:
+    """A GPP bundle of a (floored) MLP trained on normalised site GPP."""
     s = ctx.site_split
     ctx.provenance["history"] = ctx.history
     return TorchModel(release(net), ctx.spec, outputs={"gpp": dict(OUTPUTS["gpp"])},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from xgpp.models.siftml import set_trainable
 from xgpp.train.losses import mse
 from xgpp.train.methods import register_method
-from xgpp.train.methods._mlp import gpp_model, new_mlp
+from xgpp.train.methods._mlp import gpp_model, new_mlp, nonnegative_gpp
 
 
 @register_method("ec-only", needs_sites=True, sif_product=None,
@@ -17,7 +17,8 @@ def fit(ctx):
     cfg = ctx.config
     site_val = ctx.site_split.val_batch()
     net = new_mlp(ctx)
-    ctx.history["ec"] = ctx.run_phase("ec", net, cfg.ec, params=set_trainable(net, "ec"),
+    floored = nonnegative_gpp(ctx, net)  # GPP >= 0, in training as in prediction
+    ctx.history["ec"] = ctx.run_phase("ec", floored, cfg.ec, params=set_trainable(net, "ec"),
                                       batches=ctx.site_batches("ec", cfg.ec), val=site_val,
                                       loss=mse("gpp"))
-    return ctx.save(gpp_model(ctx, net))
+    return ctx.save(gpp_model(ctx, floored))

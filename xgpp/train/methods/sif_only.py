@@ -8,6 +8,7 @@ import torch
 from xgpp.models.base import OUTPUTS
 from xgpp.models.baselines import SIFLinear, fit_sif_slopes
 from xgpp.models.bundle import TorchModel
+from xgpp.models.outputs import NonNegative
 from xgpp.models.siftml import set_trainable
 from xgpp.train.methods import register_method
 from xgpp.train.methods._mlp import new_mlp, release
@@ -35,7 +36,10 @@ def fit(ctx):
         sif_fit, np.concatenate([s.y_fit, s.y_val])[:, 0], np.concatenate([s.cls_fit, s.cls_val]),
         per_class=cfg.sif_conversion == "igbp", min_samples=cfg.min_class_samples)
     module.slopes.copy_(torch.from_numpy(slopes.astype(np.float32)))
-    model = TorchModel(module.eval(), ctx.spec, outputs={"gpp": dict(OUTPUTS["gpp"])},
+    # GPP >= 0: the same softplus floor as the trained methods (slopes are fitted on the raw
+    # SIF; the floor only changes predictions where slope * SIF < ~2 gC m-2 d-1)
+    floored = NonNegative(module, [1.0], [0.0], [0]).eval()
+    model = TorchModel(floored, ctx.spec, outputs={"gpp": dict(OUTPUTS["gpp"])},
                        output_scale=[1.0], output_offset=[0.0], kind="sif-linear",
                        net=cfg.net, method=ctx.method,
                        provenance={**ctx.provenance, "sif_conversion": info},

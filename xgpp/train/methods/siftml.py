@@ -5,7 +5,7 @@ from __future__ import annotations
 from xgpp.models.siftml import STRATEGIES, new_head, set_trainable
 from xgpp.train.losses import mse
 from xgpp.train.methods import register_method
-from xgpp.train.methods._mlp import gpp_model, new_mlp
+from xgpp.train.methods._mlp import gpp_model, new_mlp, nonnegative_gpp
 from xgpp.train.methods._pretrain import pretrain_on_sif
 
 
@@ -22,9 +22,11 @@ def fit(ctx):
     set_trainable(net, "pretrain")
     pretrain_on_sif(ctx, net)
     new_head(net, 1, seed=ctx.seed + 1)
+    floored = nonnegative_gpp(ctx, net)  # GPP >= 0, in training as in prediction
     for phase in STRATEGIES[cfg.strategy]:
         pc = cfg.head if phase == "head" else cfg.finetune
-        ctx.history[phase] = ctx.run_phase(phase, net, pc, params=set_trainable(net, phase),
+        ctx.history[phase] = ctx.run_phase(phase, floored, pc,
+                                           params=set_trainable(net, phase),
                                            batches=ctx.site_batches(phase, pc), val=site_val,
                                            loss=mse("gpp"))
-    return ctx.save(gpp_model(ctx, net))
+    return ctx.save(gpp_model(ctx, floored))
