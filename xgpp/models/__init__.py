@@ -7,6 +7,7 @@ from __future__ import annotations
 
 # the model files register their architectures on import (xgpp.models.registry)
 from xgpp.models import baselines as _baselines  # noqa: F401
+from xgpp.models import moe as _moe  # noqa: F401
 from xgpp.models.base import BUNDLE_FORMAT, OUTPUTS, Model
 from xgpp.models.bundle import BundleFormatError, TorchModel, load_model
 from xgpp.models.features import FeatureConfig, FeatureSpec

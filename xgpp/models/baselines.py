@@ -91,9 +91,10 @@ class SIFLinear(nn.Module):
     weights.
     """
 
-    def __init__(self, base: MLP, spec: FeatureSpec) -> None:
+    def __init__(self, base: nn.Module, spec: FeatureSpec, *, with_sif: bool = False) -> None:
         super().__init__()
         self.base = base
+        self.with_sif = bool(with_sif)
         self.igbp_mode = spec.config.igbp
         self.igbp_start = spec.igbp_slice[0] if spec.igbp_slice else -1
         self.register_buffer("sif_mean", torch.zeros(()))
@@ -105,7 +106,7 @@ class SIFLinear(nn.Module):
         return self.base(x)[:, 0] * self.sif_std + self.sif_mean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """GPP [gC m-2 d-1], shape ``(n, 1)``."""
+        """GPP [gC m-2 d-1] ``(n, 1)``; with ``with_sif`` ``(n, 2)``: normalised SIF, GPP."""
         s = self.sif(x)
         j = self.igbp_start
         if self.igbp_mode == "onehot":
@@ -114,16 +115,25 @@ class SIFLinear(nn.Module):
             slope = self.slopes[x[:, j].round().long().clamp(0, N_IGBP - 1)]
         else:
             slope = self.slopes[0].expand_as(s)
-        return (slope * s)[:, None]
+        gpp = (slope * s)[:, None]
+        if self.with_sif:  # (normalised SIF, GPP)
+            return torch.cat([((s - self.sif_mean) / self.sif_std)[:, None], gpp], dim=1)
+        return gpp
 
 
 @register_architecture("sif-linear", config=MLPConfig,
                        description="SIF network + per-IGBP linear SIF -> GPP conversion")
 def _build_sif_linear(meta: dict[str, Any]) -> nn.Module:
+    from xgpp.models.registry import ARCHITECTURES
+
     spec = FeatureSpec.from_dict(meta["features"])
-    base = MLP(spec.n_features, int(meta["n_out_base"]), MLPConfig.from_dict(meta["net"]),
-               embed_column=spec.embed_column)
-    return SIFLinear(base, spec)
+    base_kind = meta.get("base_kind", "mlp")
+    if base_kind == "mlp":
+        base = MLP(spec.n_features, int(meta["n_out_base"]), MLPConfig.from_dict(meta["net"]),
+                   embed_column=spec.embed_column)
+    else:  # any registered SIF network, e.g. the single-task MoE
+        base = ARCHITECTURES[base_kind].build(meta)
+    return SIFLinear(base, spec, with_sif=bool(meta.get("with_sif", False)))
 
 
 # --------------------------------------------------------------------------------------------

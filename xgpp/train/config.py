@@ -10,9 +10,10 @@ from typing import Any
 
 from xgpp.models.features import FeatureConfig
 from xgpp.models.mlp import MLPConfig
+from xgpp.models.moe import MoEConfig
 from xgpp.models.siftml import STRATEGIES
 
-__all__ = ["LoaderConfig", "PhaseConfig", "TrainConfig"]
+__all__ = ["LoaderConfig", "MultiTaskConfig", "PhaseConfig", "TrainConfig"]
 
 
 class _Config:
@@ -97,6 +98,67 @@ class LoaderConfig(_Config):
 
 
 @dataclass(frozen=True)
+class MultiTaskConfig(_Config):
+    """The multi-task MoE and its single-task baselines on sparse SIF tracks.
+
+    Attributes
+    ----------
+    phase : PhaseConfig
+        Epochs, learning rate, batch size, patience; ``samples_per_epoch`` caps the rows of an
+        epoch (None: one pass over the training soundings).
+    proportions : tuple of float
+        Shares of each batch drawn from (track soundings, site samples, unlabelled pixels).
+    sif_weight, gpp_weight, physics_weight : float
+        Weights of the masked SIF loss, the masked GPP loss and the SIF-GPP physics term.
+    sif_weighting : {"count", "none"}
+        Weight SIF rows by their sounding count (relative to the mean), or uniformly.
+    slopes : {"fitted", "learnable"}
+        Physics term slopes ``a_k``: fitted at training towers where training tracks pass
+        (fixed), or learnt within :data:`xgpp.sif_gpp.SLOPE_BOUNDS` starting from the fit.
+    min_pairs : int
+        Fewest tower-sounding pairs for a class's own slope.
+    track_val : float
+        Fraction of the training track segments held out for early stopping.
+    segment : float
+        Length of a track segment [degree of latitude] (the unit held out).
+    max_val_soundings : int
+        Cap on validation soundings kept in memory.
+    shuffle_buffer : int
+        Shuffle-buffer capacity of the mixed loader [rows].
+    """
+
+    phase: PhaseConfig = field(default_factory=lambda: PhaseConfig(
+        max_epochs=30, lr=1e-3, batch_size=1024, patience=5, samples_per_epoch=262_144))
+    proportions: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    sif_weight: float = 1.0
+    gpp_weight: float = 1.0
+    physics_weight: float = 0.1
+    sif_weighting: str = "count"
+    slopes: str = "fitted"
+    min_pairs: int = 20
+    track_val: float = 0.1
+    segment: float = 10.0
+    max_val_soundings: int = 100_000
+    shuffle_buffer: int = 65_536
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "proportions", tuple(float(p) for p in self.proportions))
+        if len(self.proportions) != 3 or min(self.proportions) < 0 or not sum(
+                self.proportions) > 0:
+            raise ValueError(f"proportions={self.proportions!r}: give three non-negative shares "
+                             "(track, site, unlabelled) with a positive sum.")
+        for name in ("sif_weight", "gpp_weight", "physics_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        if self.sif_weighting not in ("count", "none"):
+            raise ValueError(f"sif_weighting={self.sif_weighting!r}; use 'count' or 'none'.")
+        if self.slopes not in ("fitted", "learnable"):
+            raise ValueError(f"slopes={self.slopes!r}; use 'fitted' or 'learnable'.")
+        if not 0 <= self.track_val < 1:
+            raise ValueError(f"track_val={self.track_val} must lie in [0, 1).")
+
+
+@dataclass(frozen=True)
 class TrainConfig(_Config):
     """Everything that defines a training run (recorded in the bundle).
 
@@ -127,6 +189,10 @@ class TrainConfig(_Config):
         SIF-only baseline: one slope, or one per IGBP class.
     min_class_samples : int
         Fewest site samples for a per-class slope.
+    moe : MoEConfig
+        Architecture of the multi-task MoE (and of its single-task baselines).
+    multitask : MultiTaskConfig
+        Batches, losses and validation of the MoE methods.
     """
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -147,6 +213,8 @@ class TrainConfig(_Config):
     sif_var: str = "sif"
     sif_conversion: str = "igbp"
     min_class_samples: int = 20
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -167,5 +235,6 @@ _NESTED: dict[tuple[str, str], Any] = {
     ("TrainConfig", "features"): FeatureConfig, ("TrainConfig", "net"): MLPConfig,
     ("TrainConfig", "pretrain"): PhaseConfig, ("TrainConfig", "head"): PhaseConfig,
     ("TrainConfig", "finetune"): PhaseConfig, ("TrainConfig", "ec"): PhaseConfig,
-    ("TrainConfig", "loader"): LoaderConfig,
+    ("TrainConfig", "loader"): LoaderConfig, ("TrainConfig", "moe"): MoEConfig,
+    ("TrainConfig", "multitask"): MultiTaskConfig, ("MultiTaskConfig", "phase"): PhaseConfig,
 }

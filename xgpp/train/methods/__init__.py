@@ -90,3 +90,4 @@ def get_method(name: str) -> Method:
 
 # the method files register themselves (order = listing order)
 from xgpp.train.methods import siftml, ec_only, sif_only, pmodel  # noqa: E402, F401, I001
+from xgpp.train.methods import moe, single_task  # noqa: E402, F401, I001
