@@ -163,3 +163,48 @@ def run_demo(out: str = "xgpp-demo", *, resolution: float = 2.0, years: int = 6,
                   f"  pictures   {maps}, {scat}\n  scores     {root / 'scores.json'}\n"
                   f"finished in {time.perf_counter() - t0:.0f} s")
     return scores
+
+
+def multitask_scores(model: Any, *, drivers: xr.Dataset, sites: xr.Dataset, sif: xr.Dataset,
+                     split: str, var: str = "sif", max_soundings: int | None = 200_000
+                     ) -> dict[str, Any]:
+    """Held-out-track SIF and held-out-site GPP scores of a model (any that predicts them).
+
+    ``split`` is the training split (``"site-kfold:k=5,fold=0;tracks:k=5,fold=0"``): its site
+    part names the held-out towers, its ``tracks:`` part the held-out track segments, rebuilt
+    exactly as training built them.  SIF is scored on the held-out soundings (physical units,
+    up to ``max_soundings``, a seeded subsample), GPP on every held-out tower sample.
+    """
+    import warnings
+
+    from xgpp.evaluate import pair_scores
+    from xgpp.samples import SampleExclusionWarning, site_samples
+    from xgpp.splits import parse_split
+    from xgpp.tracks import MixedSamples, TrackIndex, parse_track_split
+
+    parts = [p.strip() for p in split.split(";") if p.strip()]
+    site_spec = next(p for p in parts if not p.startswith("tracks"))
+    out: dict[str, Any] = {"model": model.id, "method": model.method}
+    cols = list(model.outputs)
+    if "gpp" in cols:
+        splitter, k = parse_split(site_spec)
+        test = list(splitter.folds(sites)[k].test)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SampleExclusionWarning)
+            s = site_samples(drivers, sites.sel(site=test), inputs=model.inputs)
+        x, ok = model.features(s, return_mask=True)
+        pred = model.predict_numpy(x)[:, cols.index("gpp")]
+        out["gpp_sites"] = {**pair_scores(pred, s["gpp"].values[ok]), "n": int(ok.sum()),
+                            "n_sites": len(test)}
+    track_spec = next((p for p in parts if p.startswith("tracks")), None)
+    if "sif" in cols and track_spec is not None:
+        index = TrackIndex.build(sif, drivers, var=var)
+        splitter, k = parse_track_split(track_spec)
+        fold = splitter.fold(index, drivers["lat"].values, drivers["lon"].values, k)
+        stream = MixedSamples(drivers, sif, model.spec, index, use=fold.test,
+                              proportions=(1.0, 0.0, 0.0), var=var, seed=0)
+        a = stream.track_arrays(fold.test, max_samples=max_soundings)
+        pred = model.predict_numpy(a["x"])[:, cols.index("sif")]
+        out["sif_tracks"] = {**pair_scores(pred, a["sif"]), "n": int(len(pred)),
+                             "n_held_out": int(fold.n_test)}
+    return out

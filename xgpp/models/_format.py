@@ -81,6 +81,8 @@ def _metadata_header(model: Any) -> dict[str, Any]:
         "inputs": list(model.inputs),
         "input_units": model.input_units,
         "outputs": model.outputs,
+        # model.json is written with sorted keys: the column order is kept here
+        "output_names": list(model.outputs),
     }
 
 
@@ -92,6 +94,12 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, tuple | set):
         return list(obj)
     return str(obj)
+
+
+def ordered_outputs(meta: dict[str, Any]) -> dict[str, dict]:
+    """The bundle's outputs in column order (``output_names``; sorted JSON loses it)."""
+    names = meta.get("output_names") or list(meta["outputs"])
+    return {n: meta["outputs"][n] for n in names}
 
 
 def read_metadata(path: str, *, storage_options: dict | None = None) -> dict[str, Any]:

@@ -121,7 +121,8 @@ class SIFLinear(nn.Module):
         return gpp
 
 
-@register_architecture("sif-linear", config=MLPConfig,
+# config=None: the "net" record is the base network's (an MLPConfig or a MoEConfig dict)
+@register_architecture("sif-linear", config=None,
                        description="SIF network + per-IGBP linear SIF -> GPP conversion")
 def _build_sif_linear(meta: dict[str, Any]) -> nn.Module:
     from xgpp.models.registry import ARCHITECTURES

@@ -33,6 +33,7 @@ from xgpp.models._format import (
     _fs,
     _json_default,
     _metadata_header,
+    ordered_outputs,
     read_metadata,
     versions,
     weights_sha256,
@@ -59,7 +60,7 @@ _DEVICE_LOCK = threading.Lock()
 #: model.json keys every TorchModel writes itself; any other key is kind-specific ``extra``
 _STANDARD_KEYS = frozenset({
     "format", "format_version", "kind", "method", "id", "sha256", "xgpp_version", "created",
-    "inputs", "input_units", "outputs", "output_scale", "output_offset", "features",
+    "inputs", "input_units", "outputs", "output_names", "output_scale", "output_offset", "features",
     "feature_names", "net", "n_out", "provenance", "nonnegative",
 })
 
@@ -309,7 +310,7 @@ class TorchModel:
                 f"weights in {root} have sha256 {found[:16]}..., but {METADATA_FILE} records "
                 f"{str(meta.get('sha256'))[:16]}...: the bundle was modified or damaged."
             )
-        return cls(module, FeatureSpec.from_dict(meta["features"]), outputs=meta["outputs"],
+        return cls(module, FeatureSpec.from_dict(meta["features"]), outputs=ordered_outputs(meta),
                    output_scale=meta["output_scale"], output_offset=meta["output_offset"],
                    kind=meta["kind"], net=meta["net"],
                    method=meta.get("method", "mlp"), provenance=meta.get("provenance", {}),
