@@ -14,10 +14,19 @@ the twin world's, ``time 46 x lat 90 x lon 90``), then measures in one process:
                    small lazy slice of the same stores, extrapolated to samples/s;
 5. **memory**      peak RSS growth while streaming half the cube and the whole cube.
 
+With ``--moe`` it measures the multi-task MoE's mixed batches instead, on ``drivers``,
+``sif_oco2`` (OCO-2-like tracks) and ``sites``: the loader alone
+(:class:`xgpp.tracks.MixedSamples`: track, site and unlabelled rows by the default
+proportions), one training step of the default MoE (``TrainConfig().moe``, batch
+``TrainConfig().multitask.phase.batch_size``, masked SIF + GPP losses and the physics term),
+the loader feeding those steps, and peak memory streaming half the record and the whole
+record (the record doubled).
+
 Usage::
 
     python benchmarks/train_loader.py            # 0.5 degree, 2018-05..2019-12
     python benchmarks/train_loader.py --quick    # 4 degree, one year: a smoke run
+    python benchmarks/train_loader.py --moe      # the MoE's mixed batches, 0.5 degree
 """
 
 from __future__ import annotations
@@ -64,14 +73,18 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def write_stores(root: str, resolution: float, start: str, end: str) -> None:
+def write_stores(root: str, resolution: float, start: str, end: str,
+                 names: tuple[str, ...] = ("drivers", "sif_tropomi")) -> None:
     import dask
 
     from xgpp.synthetic import make_world
 
     w = make_world(resolution=resolution, start=start, end=end, seed=0)
     jobs = []
-    for name, ds in (("drivers", w.drivers), ("sif_tropomi", w.sif_tropomi)):
+    if "sites" in names:
+        w.sites.compute().to_zarr(f"{root}/sites.zarr", mode="w", zarr_format=3,
+                                  consolidated=False)
+    for name, ds in ((n, getattr(w, n)) for n in names if n != "sites"):
         enc = {v: {"chunks": tuple(c[0] for c in ds[v].chunks)} for v in ds.data_vars}
         jobs.append(ds.to_zarr(f"{root}/{name}.zarr", mode="w", zarr_format=3,
                                consolidated=False, encoding=enc, compute=False))
@@ -167,6 +180,113 @@ def per_pixel_xbatcher_rate(drivers, sif, names: list[str], n_pixels: int) -> fl
     return n / (time.perf_counter() - t0)
 
 
+def moe_rows(args, root: str, res: float, start: str, end: str) -> list[tuple[str, str]]:
+    """The MoE's mixed-batch loader against one training step of the default MoE."""
+    import torch
+
+    from xgpp.models.features import FeatureConfig, FeatureSpec
+    from xgpp.models.moe import MMoE
+    from xgpp.samples import site_samples
+    from xgpp.tracks import MixedSamples, TrackIndex
+    from xgpp.train import TrainConfig
+    from xgpp.train.methods._multitask import Relation, gate_forward, multitask_loss
+
+    if not os.path.exists(f"{root}/sif_oco2.zarr"):
+        t0 = time.perf_counter()
+        write_stores(root, res, start, end, ("drivers", "sif_oco2", "sites"))
+        print(f"wrote twin world {res} deg {start}..{end} to {root} in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    drivers, sif = open_store(root, "drivers"), open_store(root, "sif_oco2")
+    sites = open_store(root, "sites").compute()
+    cfg = TrainConfig()
+    mt = cfg.multitask
+    spec = FeatureSpec.fit(FeatureConfig(), drivers)
+    t0 = time.perf_counter()
+    index = TrackIndex.build(sif, drivers)
+    t_index = time.perf_counter() - t0
+    samples = site_samples(drivers, sites, inputs=spec.inputs)
+    from xgpp.models.features import columns_from_dataset
+
+    xs = spec.transform(columns_from_dataset(samples, spec.inputs))
+    gpp = samples["gpp"].values.astype(np.float32)
+    site_rows = (xs, (gpp - gpp.mean()) / gpp.std(), samples["igbp"].values.astype(int))
+    batch = mt.phase.batch_size
+    kw = dict(sites=site_rows, proportions=mt.proportions, batch_size=batch,
+              shuffle_buffer=mt.shuffle_buffer, prefetch=cfg.loader.prefetch,
+              workers=args.workers, sif_scale=(0.5, 0.5), seed=0)
+
+    def loader_only(stream) -> tuple[float, int]:
+        t = time.perf_counter()
+        n = 0
+        for b in stream.iterate(0):
+            n += len(b["x"])
+        return n / (time.perf_counter() - t), n
+
+    half_t = drivers.sizes["time"] // 2
+    half_use = index.t < half_t
+    with PeakRSS() as mem_half:
+        r_half, n_half = loader_only(MixedSamples(drivers, sif, spec, index, use=half_use, **kw))
+    stream = MixedSamples(drivers, sif, spec, index, use=np.ones(index.n_soundings, bool), **kw)
+    with PeakRSS() as mem_full:
+        rate, n_all = loader_only(stream)
+
+    tasks = ("sif", "gpp")
+    torch.manual_seed(0)
+    net = MMoE(spec.n_features, tasks, cfg.moe, embed_column=spec.embed_column)
+    rel = Relation(np.full(17, 12.0), np.zeros(17), learnable=False)
+    loss = multitask_loss(tasks, weights={"sif": 1.0, "gpp": 1.0}, sif_scale=(0.5, 0.5),
+                          gpp_scale=(3.0, 3.0), relation=rel, physics_weight=mt.physics_weight)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+    def step(b: dict) -> None:
+        bt = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
+        opt.zero_grad(set_to_none=True)
+        total, _ = loss(gate_forward(net, bt), bt)
+        total.backward()
+        opt.step()
+
+    fixed = next(iter(stream.iterate(0, max_batches=1)))
+    for _ in range(3):
+        step(fixed)
+    steps = 30
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(fixed)
+    m_rate = steps * len(fixed["x"]) / (time.perf_counter() - t0)
+    waited, n, t0 = 0.0, 0, time.perf_counter()
+    it = stream.iterate(1, max_batches=60)
+    while True:
+        tw = time.perf_counter()
+        try:
+            b = next(it)
+        except StopIteration:
+            break
+        waited += time.perf_counter() - tw
+        step(b)
+        n += len(b["x"])
+    e2e = n / (time.perf_counter() - t0)
+    wait = waited / (time.perf_counter() - t0)
+    return [
+        ("cube", f"{res} deg, {drivers.sizes['time']} steps ({start}..{end}), OCO-2-like tracks"),
+        ("soundings / coverage", f"{index.n_soundings:,} / {100 * index.coverage:.1f}% of "
+                                 f"{index.coverage_basis}"),
+        ("track index build [s]", f"{t_index:.1f}  (chunks with soundings {index.n_chunks} of "
+                                  f"{index.n_chunks_total})"),
+        ("rows per epoch (track+site+unlabelled)", f"{n_all:,}"),
+        ("MoE loader, nothing consuming [rows/s]", f"{rate:,.0f}"),
+        ("MoE training step [rows/s]", f"{m_rate:,.0f}  (batch {batch}, {cfg.moe.n_experts} "
+                                       f"experts {cfg.moe.expert_hidden}, "
+                                       f"{torch.get_num_threads()} torch threads)"),
+        ("loader / model", f"{rate / m_rate:.1f}x  (goal >= 3x)"),
+        ("end to end: loader feeding steps [rows/s]",
+         f"{e2e:,.0f}  (waiting on data {100 * wait:.0f}% of the time)"),
+        ("peak RSS growth, first half of the record", f"{mem_half.growth_mb:,.0f} MiB "
+                                                      f"({n_half:,} rows, {r_half:,.0f}/s)"),
+        ("peak RSS growth, whole record (doubled)", f"{mem_full.growth_mb:,.0f} MiB "
+                                                    f"({n_all:,} rows)"),
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="4 degree, one year: a smoke run")
@@ -177,6 +297,7 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the stores afterwards")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--moe", action="store_true", help="the MoE's mixed batches on OCO-2 tracks")
     args = p.parse_args()
     res = args.resolution or (4.0 if args.quick else 0.5)
     start = args.start or ("2018-05-01" if not args.quick else "2019-01-01")
@@ -194,6 +315,10 @@ def main() -> None:
     root = args.root or tempfile.mkdtemp(prefix="xgpp-bench-")
     rows: list[tuple[str, str]] = []
     try:
+        if args.moe:
+            rows = moe_rows(args, root, res, start, end)
+            _print(rows)
+            return
         if not os.path.exists(f"{root}/drivers.zarr"):
             t0 = time.perf_counter()
             write_stores(root, res, start, end)
@@ -242,15 +367,19 @@ def main() -> None:
              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB"),
             ("rate on half cube [samples/s]", f"{rate_half:,.0f}"),
         ]
-        width = max(len(k) for k, _ in rows)
-        print()
-        print(f"{'measure':<{width}}  value")
-        print(f"{'-' * width}  {'-' * 40}")
-        for k, v in rows:
-            print(f"{k:<{width}}  {v}")
+        _print(rows)
     finally:
         if not args.keep and not args.root:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _print(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print()
+    print(f"{'measure':<{width}}  value")
+    print(f"{'-' * width}  {'-' * 40}")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
 
 
 if __name__ == "__main__":

@@ -112,3 +112,21 @@ def test_parse_split_and_round_trip():
 def test_too_many_folds_is_a_clear_error():
     with pytest.raises(ValueError, match="k <= number of occupied blocks"):
         SpatialBlocks(block=90.0, k=50).folds(_sites())
+
+
+def test_site_codes_of_any_string_dtype_are_read(tmp_path):
+    """Zarr v3 gives object strings back as numpy 2's StringDType (astype(str) refuses it)."""
+    import xarray as xr
+
+    from xgpp._strings import as_str
+    from xgpp.splits import SiteKFold
+
+    sites = _sites()
+    sites.to_zarr(tmp_path / "sites.zarr", zarr_format=3, consolidated=False)
+    back = xr.open_zarr(tmp_path / "sites.zarr", consolidated=False).compute()
+    assert back["site"].dtype.kind not in "U"  # the dtype that used to fail
+    assert list(as_str(back["site"].values)) == list(as_str(sites["site"].values))
+    a = [f.test for f in SiteKFold(k=4, seed=0).folds(back)]
+    b = [f.test for f in SiteKFold(k=4, seed=0).folds(sites)]
+    assert a == b
+    assert list(as_str(np.array([b"US-Ha1"]))) == ["US-Ha1"]

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from xgpp._strings import as_str
 from xgpp.landcover import code_to_class
 from xgpp.models.features import FeatureConfig, FeatureSpec, columns_from_dataset
 from xgpp.variables import VARIABLES
@@ -125,7 +126,7 @@ def site_samples(drivers: xr.Dataset, sites: xr.Dataset, *,
     exclusions: dict[str, Any] = {}
 
     # --- locate cells
-    ids = np.asarray(sites["site"].values).astype(str)
+    ids = as_str(sites["site"].values)
     slat = np.asarray(sites["lat"].values, float)
     slon = ((np.asarray(sites["lon"].values, float) + 180.0) % 360.0) - 180.0
     glat = np.asarray(drivers["lat"].values, float)
@@ -204,7 +205,7 @@ def site_samples(drivers: xr.Dataset, sites: xr.Dataset, *,
             values[name] = arr.astype(np.float32)
         else:
             values[name] = np.broadcast_to(arr.astype(np.float32)[:, None], y.shape)
-    codes = (np.asarray(sites["igbp"].values).astype(str) if "igbp" in sites.coords
+    codes = (as_str(sites["igbp"].values) if "igbp" in sites.coords
              else np.array(["UNK"] * len(ids)))
     if "igbp" in inputs and igbp_from == "site" and "igbp" in sites.coords:
         try:

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from xgpp._strings import as_str
+
 __all__ = [
     "Fold",
     "LeaveIGBPOut",
@@ -92,15 +94,15 @@ def site_table(sites: xr.Dataset | pd.DataFrame) -> pd.DataFrame:
         table = pd.DataFrame({
             "lat": np.asarray(sites["lat"].values, float),
             "lon": np.asarray(sites["lon"].values, float),
-            "igbp": np.asarray(igbp.values).astype(str) if igbp is not None else "UNK",
-        }, index=np.asarray(sites["site"].values).astype(str))
+            "igbp": as_str(igbp.values) if igbp is not None else "UNK",
+        }, index=as_str(sites["site"].values))
     elif "sample" in sites.dims and "site" in sites.coords:
         code = "igbp_code" if "igbp_code" in sites.coords else "igbp"
         table = pd.DataFrame({
-            "site": np.asarray(sites["site"].values).astype(str),
+            "site": as_str(sites["site"].values),
             "lat": np.asarray(sites["lat"].values, float),
             "lon": np.asarray(sites["lon"].values, float),
-            "igbp": np.asarray(sites[code].values).astype(str),
+            "igbp": as_str(sites[code].values),
         }).drop_duplicates("site").set_index("site")
     else:
         raise ValueError(

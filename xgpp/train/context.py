@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from xgpp._strings import as_str
 from xgpp.models.features import FeatureSpec, columns_from_dataset
 from xgpp.samples import site_samples
 from xgpp.splits import Fold
@@ -61,7 +62,7 @@ class SiteSplit:
 
 def _site_arrays(samples: xr.Dataset, spec: FeatureSpec, ids: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    sel = samples.isel(sample=np.flatnonzero(np.isin(samples["site"].values.astype(str), ids)))
+    sel = samples.isel(sample=np.flatnonzero(np.isin(as_str(samples["site"].values), ids)))
     cols = columns_from_dataset(sel, spec.inputs)
     x = spec.transform(cols)
     y = np.asarray(sel["gpp"].values, np.float32)[:, None]
@@ -134,7 +135,7 @@ class TrainContext:
         spec = self.spec
         samples = site_samples(self.drivers, self.sites, inputs=spec.inputs,
                                window=cfg.site_window, igbp_from=cfg.igbp_from, stacklevel=6)
-        present = np.unique(samples["site"].values.astype(str))
+        present = np.unique(as_str(samples["site"].values))
         train_ids = present if fold is None else np.intersect1d(present, np.asarray(fold.train))
         if len(train_ids) == 0:
             raise ValueError(f"no training site has valid samples (fold "

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from xgpp._strings import as_str
 from xgpp.models.features import streaming_moments
 from xgpp.models.moe import GateStats
 from xgpp.sif_gpp import fit_relation, slope_bounds
@@ -113,7 +114,7 @@ def _tower_pairs(ctx, index: TrackIndex, test: np.ndarray) -> tuple[np.ndarray, 
     cfg = ctx.config
     s = ctx.site_split
     samples = s.samples
-    keep = np.isin(samples["site"].values.astype(str), np.concatenate([s.fit_ids, s.val_ids]))
+    keep = np.isin(as_str(samples["site"].values), np.concatenate([s.fit_ids, s.val_ids]))
     samples = samples.isel(sample=np.flatnonzero(keep))
     lat, lon = ctx.drivers["lat"].values, ctx.drivers["lon"].values
     yi = np.abs(lat[None, :] - samples["cell_lat"].values[:, None]).argmin(1)
