@@ -511,3 +511,27 @@ def test_index_and_loader_from_zarr_stores(tmp_path):
     e = concat(list(ms.iterate(0)))
     phys = t.sif["sif"].values[t.index.t, t.index.y, t.index.x][tagged().use & valid_inputs()]
     np.testing.assert_allclose(np.sort(e["sif"][e["sif_mask"]]), np.sort(phys), rtol=1e-6)
+
+
+def test_row_cache_gives_the_same_batches_and_skips_decoding_in_later_epochs():
+    cached, plain = loader(cache_mib=256.0), loader(cache_mib=0.0)
+    loads = {"cached": 0, "plain": 0}
+    for name, ms in (("cached", cached), ("plain", plain)):
+        original = ms.load_chunk
+
+        def counting(key, _orig=original, _name=name):
+            loads[_name] += 1
+            return _orig(key)
+
+        ms.load_chunk = counting
+    for epoch in (0, 1):
+        a, b = concat(list(cached.iterate(epoch))), concat(list(plain.iterate(epoch)))
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    n = cached.n_chunks
+    assert loads == {"cached": n, "plain": 2 * n}  # epoch 1 decoded nothing with the cache
+    assert 0 < cached.cached_mib < 256 and plain.cached_mib == 0
+    e0, e1 = concat(list(cached.iterate(0))), concat(list(cached.iterate(1)))
+    unl0 = np.sort(e0["x"][~e0["sif_mask"] & ~e0["gpp_mask"]][:, 0])
+    unl1 = np.sort(e1["x"][~e1["sif_mask"] & ~e1["gpp_mask"]][:, 0])
+    assert not np.array_equal(unl0, unl1)  # unlabelled rows are redrawn every epoch

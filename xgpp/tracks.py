@@ -645,6 +645,16 @@ class MixedSamples:
         Load chunks as Dask futures on this client instead of in local threads.
     seed : int
         Epoch ``e`` is deterministic by ``(seed, e)``.
+    cache_mib : float
+        Memory budget [MiB] for the rows extracted from each chunk (track rows and the
+        chunk's unlabelled pool), kept across epochs so that later epochs do not decode the
+        chunk again: soundings are a few per cent of a chunk's pixels, so decoding is nearly
+        all of an epoch's cost.  Chunks beyond the budget are decoded every epoch (memory
+        stays bounded); 0 disables the cache.  Batches are identical with or without it.
+    unlabelled_pool : float
+        Each chunk's unlabelled candidates are a fixed seeded pool of
+        ``unlabelled_pool`` x the rows an epoch draws from it; every epoch draws a fresh
+        random subset of that pool.
 
     Attributes
     ----------
@@ -661,7 +671,8 @@ class MixedSamples:
                  sif_scale: tuple[float, float] = (0.0, 1.0), weight: str = "count",
                  proportions: tuple[float, float, float] = (0.5, 0.25, 0.25),
                  batch_size: int = 1024, shuffle_buffer: int = 65_536, prefetch: int = 4,
-                 workers: int = 2, client: Any = None, seed: int = 0) -> None:
+                 workers: int = 2, client: Any = None, seed: int = 0,
+                 cache_mib: float = 1024.0, unlabelled_pool: float = 4.0) -> None:
         spec.check(drivers, where="driver cube")
         if "igbp" not in drivers:
             raise KeyError("the driver cube has no static 'igbp' (class number on (lat, lon)), "
@@ -740,6 +751,14 @@ class MixedSamples:
         self.workers = max(1, int(workers))
         self.client = client
         self.seed = int(seed)
+        if cache_mib < 0 or unlabelled_pool < 1:
+            raise ValueError(f"cache_mib={cache_mib} must be >= 0 and unlabelled_pool="
+                             f"{unlabelled_pool} >= 1.")
+        self.cache_bytes = int(cache_mib * 2**20)
+        self.unlabelled_pool = float(unlabelled_pool)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._cached_bytes = 0
+        self._cache_lock = threading.Lock()
         self._names = list(dict.fromkeys([*spec.inputs, "igbp"]))
         self._land = "land_mask" in drivers and set(drivers["land_mask"].dims) == {"lat", "lon"}
         if self._land:
@@ -827,29 +846,63 @@ class MixedSamples:
         return {"cols": cols, "valid": valid, "flat": flat[ok], "sif": sif[ok],
                 "count": count[ok], "members": members[ok], "ok": ok}
 
-    def _chunk_rows(self, key: int, members: np.ndarray, epoch: int
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Track and unlabelled rows of one chunk: ``(x, meta, n_track)``."""
+    def _chunk_extract(self, key: int, members: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Decode a chunk once: its track rows ``(x, meta)`` and unlabelled pool ``(x, igbp)``.
+
+        The pool is a seeded (by chunk, not epoch) random set of valid land pixels, so the
+        cached and the decoded paths give the same rows.
+        """
         r = self._sounding_rows(key, members)
         cols, valid, flat = r["cols"], r["valid"], r["flat"]
         n_tr = len(flat)
         p_tr, _, p_unl = self.proportions
-        rng = np.random.default_rng([self.seed, int(epoch), int(key), 17])
         cand = valid & (cols["igbp"] > 0)
         if self._land:
             cand &= cols["land_mask"] > 0
         cand = np.flatnonzero(cand)
-        n_unl = min(len(cand), _stochastic_round(n_tr * p_unl / p_tr, rng)) if n_tr else 0
-        unl = cand[rng.choice(len(cand), n_unl, replace=False)] if n_unl else cand[:0]
-        rows = np.concatenate([flat, unl])
-        x = self.spec.transform({k: v[rows] for k, v in cols.items()})
-        meta = np.zeros((len(rows), _N_META), np.float32)
+        n_pool = min(len(cand), int(np.ceil(self.unlabelled_pool * n_tr * p_unl / p_tr))
+                     ) if n_tr and p_unl > 0 else 0
+        prng = np.random.default_rng([self.seed, int(key), 23])
+        pool = np.sort(cand[prng.choice(len(cand), n_pool, replace=False)]) if n_pool else cand[:0]
+        x_tr = self.spec.transform({k: v[flat] for k, v in cols.items()})
+        meta = np.zeros((n_tr, _N_META), np.float32)
         mean, std = self.sif_scale
-        meta[:n_tr, _SIF] = (r["sif"] - np.float32(mean)) / np.float32(std)
-        meta[:n_tr, _W] = self._weights(r["count"])
-        meta[:n_tr, _SIF_MASK] = 1.0
-        meta[:, _IGBP] = np.asarray(cols["igbp"][rows], np.float32)
-        return x, meta, n_tr
+        meta[:, _SIF] = (r["sif"] - np.float32(mean)) / np.float32(std)
+        meta[:, _W] = self._weights(r["count"])
+        meta[:, _SIF_MASK] = 1.0
+        meta[:, _IGBP] = np.asarray(cols["igbp"][flat], np.float32)
+        x_pool = self.spec.transform({k: v[pool] for k, v in cols.items()})
+        igbp_pool = np.asarray(cols["igbp"][pool], np.float32)
+        return x_tr, meta, x_pool, igbp_pool
+
+    def _chunk_rows(self, key: int, members: np.ndarray, epoch: int
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Track and unlabelled rows of one chunk: ``(x, meta, n_track)``."""
+        entry = self._cache.get(int(key))
+        if entry is None:
+            entry = self._chunk_extract(key, members)
+            size = sum(a.nbytes for a in entry)
+            with self._cache_lock:
+                if self._cached_bytes + size <= self.cache_bytes:
+                    self._cache[int(key)] = entry
+                    self._cached_bytes += size
+        x_tr, meta_tr, x_pool, igbp_pool = entry
+        n_tr = len(x_tr)
+        p_tr, _, p_unl = self.proportions
+        rng = np.random.default_rng([self.seed, int(epoch), int(key), 17])
+        n_unl = min(len(x_pool), _stochastic_round(n_tr * p_unl / p_tr, rng)) if n_tr else 0
+        pick = np.sort(rng.choice(len(x_pool), n_unl, replace=False)) if n_unl else np.zeros(
+            0, np.int64)
+        meta_unl = np.zeros((n_unl, _N_META), np.float32)
+        meta_unl[:, _IGBP] = igbp_pool[pick]
+        return (np.concatenate([x_tr, x_pool[pick]]), np.concatenate([meta_tr, meta_unl]),
+                n_tr)
+
+    @property
+    def cached_mib(self) -> float:
+        """Memory held by the row cache [MiB]."""
+        return self._cached_bytes / 2**20
 
     def _weights(self, count: np.ndarray) -> np.ndarray:
         if self.weight != "count" or not self.has_count:

@@ -125,6 +125,10 @@ class MultiTaskConfig(_Config):
         Cap on validation soundings kept in memory.
     shuffle_buffer : int
         Shuffle-buffer capacity of the mixed loader [rows].
+    cache_mib : float
+        Memory budget [MiB] for rows kept across epochs by the mixed loader (the track rows
+        and unlabelled pool of each chunk), so later epochs decode no chunk; chunks beyond
+        it are decoded every epoch (see :class:`xgpp.tracks.MixedSamples`).
     """
 
     phase: PhaseConfig = field(default_factory=lambda: PhaseConfig(
@@ -140,6 +144,7 @@ class MultiTaskConfig(_Config):
     segment: float = 10.0
     max_val_soundings: int = 100_000
     shuffle_buffer: int = 65_536
+    cache_mib: float = 1024.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "proportions", tuple(float(p) for p in self.proportions))

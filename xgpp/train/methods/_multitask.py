@@ -182,7 +182,8 @@ def loader(ctx, data: TrackData, proportions: tuple[float, float, float], *,
                         sites=site_rows, var=cfg.sif_var, sif_scale=(data.sif_mean, data.sif_std),
                         weight=mt.sif_weighting, proportions=tuple(p), batch_size=batch,
                         shuffle_buffer=mt.shuffle_buffer, prefetch=cfg.loader.prefetch,
-                        workers=cfg.loader.workers, client=ctx.client, seed=ctx.seed)
+                        workers=cfg.loader.workers, client=ctx.client, seed=ctx.seed,
+                        cache_mib=mt.cache_mib)
 
 
 def epoch_batches(stream: MixedSamples, ctx, rows: int | None):
