@@ -239,3 +239,41 @@ def test_interrupted_moe_training_resumes_to_the_same_model(tmp_path):
     assert resumed.id == whole.id
     assert len(resumed.provenance["history"]["multitask"]) == len(
         whole.provenance["history"]["multitask"])
+
+
+def test_a_multi_output_bundle_without_its_column_order_is_refused(tmp_path):
+    import json
+
+    from xgpp.models import BundleFormatError
+
+    trained("moe").save(str(tmp_path / "m"))
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["output_names"] == ["sif", "gpp"]  # sorted keys would say gpp, sif
+    del meta["output_names"]
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleFormatError, match="column order"):
+        load_model(str(tmp_path / "m"))
+
+
+@pytest.mark.filterwarnings("ignore:SIF-GPP slopes")
+def test_multitask_comparison_writes_scores_and_pictures_and_resumes(tmp_path):
+    import json
+
+    from xgpp.workflows import run_multitask_comparison
+
+    kw = dict(resolution=5.0, years=3, seeds=(0,), split="site-kfold:k=4,fold=0;tracks:k=4,fold=0",
+              config=tiny().to_dict(), progress=False)
+    summary = run_multitask_comparison(str(tmp_path), **kw)
+    rows = summary["methods"]
+    assert set(rows) == {"moe", "single-task-gpp", "single-task-sif"}
+    assert set(rows["moe"]) == {"sif_tracks.r2", "sif_tracks.rmse", "gpp_sites.r2",
+                                "gpp_sites.rmse"}
+    assert "sif_tracks.r2" not in rows["single-task-gpp"]
+    assert 0.0 < rows["moe"]["sif_tracks.r2"]["mean"] <= 1.0
+    for name in ("sif_moe.png", "gates_moe.png", "results.json", "summary.json"):
+        assert (tmp_path / name).stat().st_size > 1000 or name.endswith(".json")
+    first = json.loads((tmp_path / "results.json").read_text())
+    again = run_multitask_comparison(str(tmp_path), **kw)  # bundles reused, same scores
+    assert again == summary
+    assert [r["model"] for r in json.loads((tmp_path / "results.json").read_text())] == [
+        r["model"] for r in first]

@@ -102,6 +102,30 @@ def demo(
     run_demo(out, resolution=resolution, years=years, cluster=cluster)
 
 
+@app.command("compare-multitask")
+def compare_multitask(
+    out: Annotated[str, typer.Option(help="Folder for the world, models, results and plots.")] = "xgpp-multitask",
+    resolution: Annotated[float, typer.Option(help="Grid spacing [degree].")] = 1.0,
+    years: Annotated[int, typer.Option(help="Record length [years], ending 2020.")] = 10,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    split: Annotated[str, typer.Option(help="Held-out towers;tracks.")] =
+        "site-kfold:k=5,fold=0;tracks:k=5,fold=0",
+    config: Annotated[str | None, typer.Option(help="JSON file with a TrainConfig dict.")] = None,
+) -> None:
+    """The multi-task MoE against its single-task networks on a twin world (several seeds)."""
+    import json
+
+    from xgpp.workflows import run_multitask_comparison
+
+    cfg = None
+    if config:
+        with open(config) as f:
+            cfg = json.load(f)
+    run_multitask_comparison(out, resolution=resolution, years=years,
+                             seeds=tuple(int(s) for s in seeds.split(",")), split=split,
+                             config=cfg)
+
+
 #: Errors that describe bad input or an unreachable service: the CLI prints their message (which
 #: names the variable, file or address and the fix) instead of a traceback.
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError, ImportError)

@@ -304,6 +304,11 @@ class TorchModel:
                 f"{METADATA_FILE} (kind {meta['kind']!r}, net {meta['net']}). The bundle is "
                 "damaged or its files come from different models."
             ) from err
+        if len(meta["outputs"]) > 1 and not meta.get("output_names"):
+            raise BundleFormatError(
+                f"{root}/{METADATA_FILE} has {len(meta['outputs'])} outputs but no "
+                "'output_names': it was written before xgpp recorded the column order of "
+                "multi-output bundles, so which column is which cannot be told. Retrain it.")
         found = weights_sha256(module.state_dict())
         if found != meta.get("sha256"):
             raise BundleFormatError(
