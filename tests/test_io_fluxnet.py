@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,6 +36,8 @@ def test_dd_round_trip_units_and_coords(tmp_path, sites):
     assert ds["vpd"].attrs["units"] == "Pa" and "long_name" in ds["vpd"].attrs
     assert ds["igbp"].values.tolist() == ["DBF"] and ds["igbp"].dtype.kind == "U"
     assert float(ds["lat"][0]) == pytest.approx(42.54)
+    assert json.loads(ds.attrs["missing_driver_columns"]) == {}
+    assert ds["co2"].attrs["n_values_missing_column"] == 0
 
 
 def test_gpp_variable_choice_and_dt(tmp_path, sites):
@@ -85,9 +90,62 @@ def test_folder_of_sites_monthly_and_names(tmp_path, sites):
     assert parse_fluxnet_name("AMF_US-Ha1_FLUXNET_SUBSET_HH_1991-2020_3-5.csv").res == "HH"
 
 
-def test_missing_column_names_file_and_lists_found(tmp_path, sites):
-    path = write_fluxnet(tmp_path, "US-Ha1", DAYS, drop=("VPD_F",))
-    with pytest.raises(KeyError, match=r"VPD_F.*columns found.*TA_F") as err:
+def test_dd_file_without_co2_column_gives_nan_co2_and_records_it(tmp_path, sites, caplog):
+    gpp = np.arange(16, dtype=float)
+    path = write_fluxnet(tmp_path, "US-Ha1", DAYS, values={"GPP_NT_VUT_REF": gpp},
+                         drop=("CO2_F_MDS",))
+    with caplog.at_level(logging.WARNING, logger="xgpp.io"):
+        ds = read_fluxnet(tmp_path, sites=sites)
+    assert ds["co2"].isnull().all()
+    np.testing.assert_allclose(ds["gpp"].sel(site="US-Ha1"), [gpp[:8].mean(), gpp[8:].mean()])
+    np.testing.assert_allclose(ds["tair"], 15.0)  # the other drivers are read as usual
+    np.testing.assert_allclose(ds["patm"], 100000.0)
+    assert ds["co2"].attrs["units"] == "ppm"
+    assert json.loads(ds.attrs["missing_driver_columns"]) == {
+        "US-Ha1": {"co2": {"column": "CO2_F_MDS", "file": path.name, "n_values": 16}}}
+    assert ds["co2"].attrs["n_values_missing_column"] == 16
+    assert ds["co2"].attrs["sites_missing_column"] == "US-Ha1"
+    assert ds["tair"].attrs["n_values_missing_column"] == 0
+    hits = [r.getMessage() for r in caplog.records if "CO2_F_MDS" in r.getMessage()]
+    assert hits and "US-Ha1" in hits[0] and path.name in hits[0], caplog.text
+
+
+def test_folder_where_one_site_lacks_pa_f_reads_both(tmp_path, sites, caplog):
+    write_fluxnet(tmp_path, "US-Ha1", pd.date_range("2019-07-01", periods=2, freq="D"))
+    hh = write_fluxnet(tmp_path, "DE-Tha", pd.date_range("2019-07-01", periods=96, freq="30min"),
+                       res="HH", drop=("PA_F",))
+    with caplog.at_level(logging.WARNING, logger="xgpp.io"):
+        ds = read_fluxnet(tmp_path, sites=sites, freq="D")
+    assert sorted(ds.site.values) == ["DE-Tha", "US-Ha1"]
+    assert ds["patm"].sel(site="DE-Tha").isnull().all()
+    np.testing.assert_allclose(ds["patm"].sel(site="US-Ha1"), 100000.0)
+    np.testing.assert_allclose(ds["gpp"].sel(site="US-Ha1"), 5.0)
+    np.testing.assert_allclose(ds["gpp"].sel(site="DE-Tha"), 5.0 * 12.011e-6 * 86400)
+    np.testing.assert_allclose(ds["co2"], 400.0)
+    missing = json.loads(ds.attrs["missing_driver_columns"])
+    assert missing == {"DE-Tha": {"patm": {"column": "PA_F", "file": hh.name, "n_values": 96}}}
+    assert ds["patm"].attrs["sites_missing_column"] == "DE-Tha"
+    assert any("DE-Tha" in r.getMessage() and "PA_F" in r.getMessage() and hh.name in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
+def test_file_without_any_gpp_column_is_a_clear_error(tmp_path, sites):
+    path = write_fluxnet(tmp_path, "US-Ha1", DAYS, drop=("GPP_NT_VUT_REF", "GPP_DT_VUT_REF"))
+    with pytest.raises(KeyError, match=r"no GPP column 'GPP_NT_VUT_REF'.*GPP columns found: "
+                                       r"none.*columns found: .*CO2_F_MDS") as err:
+        read_fluxnet(tmp_path, sites=sites)
+    assert path.name in str(err.value) and "US-Ha1" in str(err.value)
+
+
+def test_other_gpp_column_is_suggested(tmp_path, sites):
+    write_fluxnet(tmp_path, "US-Ha1", DAYS, drop=("GPP_NT_VUT_REF",))
+    with pytest.raises(KeyError, match=r"GPP columns found: \['GPP_DT_VUT_REF'\]"):
+        read_fluxnet(tmp_path, sites=sites)
+
+
+def test_missing_qc_column_names_file_and_lists_found(tmp_path, sites):
+    path = write_fluxnet(tmp_path, "US-Ha1", DAYS, drop=("NEE_VUT_REF_QC",))
+    with pytest.raises(KeyError, match=r"NEE_VUT_REF_QC.*columns found.*TA_F") as err:
         read_fluxnet(tmp_path, sites=sites)
     assert path.name in str(err.value)
 

@@ -160,6 +160,53 @@ def test_zarr_round_trip_keeps_values_and_attributes(tmp_path):
     assert (tmp_path / "w" / "catalog.yaml").exists()
 
 
+@pytest.mark.parametrize("product, window, start, end, empty", [
+    ("sif_tropomi", "2018-04-30", "2015-01-01", "2016-12-31", ("sif_tropomi",)),
+    ("sif_oco2", "2014-09-06", "2013-01-01", "2013-12-31", ("sif_tropomi", "sif_oco2")),
+])
+def test_record_before_a_product_window_writes_an_empty_store(tmp_path, product, window, start,
+                                                                end, empty):
+    """A world that ends before a SIF product starts writes that product with 0 time steps."""
+    import xgpp
+
+    w = write_world(tmp_path / "w", resolution=5.0, start=start, end=end, n_sites=10,
+                    chunks={"time": 23, "lat": 18, "lon": 36}, progress=False)
+    assert (tmp_path / "w" / "catalog.yaml").exists()
+    full = make_world(resolution=5.0, start="2019-01-01", end="2019-02-28", n_sites=10)
+
+    def window_of(name):
+        return full.datasets[name].attrs["product_window_start"]
+
+    for name in empty:
+        for back in (xr.open_zarr(tmp_path / "w" / f"{name}.zarr", consolidated=False),
+                     xgpp.open_cube(name, catalog=str(tmp_path / "w" / "catalog.yaml"))):
+            assert dict(back.sizes) == {"time": 0, "lat": 36, "lon": 72}, name
+            assert set(back.data_vars) == {"sif", "sif_count"}
+            assert back["sif"].attrs["units"] == full.datasets[name]["sif"].attrs["units"]
+            assert back.attrs["time_steps"] == 0
+            assert back.attrs["product_window_start"] == window_of(name)
+            assert back.time.dtype.kind == "M"
+            xr.testing.assert_identical(back.lat, full.datasets[name].lat)
+        assert "0 time steps" in back.attrs["empty_store"]
+        assert window_of(name) in back.attrs["empty_store"]
+        assert f"{start}..{end}" in back.attrs["empty_store"]
+        assert back.attrs["world_config"] == w.config.to_json()
+        stored = xr.open_zarr(tmp_path / "w" / f"{name}.zarr", consolidated=False)
+        assert stored["sif"].encoding["chunks"] == (23, 18, 36)  # the world's chunking
+    assert w.datasets[product].attrs["product_window_start"] == window
+    # the other products are unaffected: full record, values as generated
+    steps = w.drivers.sizes["time"]
+    assert steps > 40
+    for name in ("drivers", "truth", "sites") + (("sif_oco2",) if product == "sif_tropomi" else ()):
+        back = xgpp.open_cube(name, catalog=str(tmp_path / "w" / "catalog.yaml"))
+        assert "time_steps" not in back.attrs and "empty_store" not in back.attrs
+        xr.testing.assert_identical(back.compute(), w.datasets[name].compute())
+    assert float(w.truth["gpp"].max()) > 5.0
+    if product == "sif_tropomi":
+        oco = xr.open_zarr(tmp_path / "w" / "sif_oco2.zarr", consolidated=False)
+        assert oco.sizes["time"] == steps and bool(oco["sif"].notnull().any())
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"resolution": 0.7}, "does not divide 180"),
     ({"start": "2020-01-01", "end": "2019-01-01"}, "before start"),

@@ -8,6 +8,7 @@ held in memory.  Column conventions follow the FLUXNET2015 data-variable documen
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -98,21 +99,43 @@ def _load_sites(sites) -> pd.DataFrame:
 
 
 def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_threshold: float,
-               ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """One file -> DataFrame indexed by period start with canonical columns; plus counts."""
+               ) -> tuple[pd.DataFrame, dict[str, int], dict[str, dict[str, object]]]:
+    """One file -> DataFrame indexed by period start with canonical columns; counts; missing.
+
+    A driver whose column the file lacks is NaN for the whole file; it is returned in the third
+    item (canonical name -> ``{"column", "file", "n_values"}``, ``n_values`` the file rows set
+    to NaN) and logged as a warning.  A missing GPP, QC or timestamp column is an error.
+    """
     ts_cols = ["TIMESTAMP"] if info.res in ("DD", "MM") else ["TIMESTAMP_START"]
-    want = ts_cols + [c for c, _ in columns.values()] + [_QC]
+    gpp_col = columns["gpp"][0]
     with open_binary(url) as f:
         header = pd.read_csv(f, nrows=0).columns.tolist()
-        missing = [c for c in dict.fromkeys(want) if c not in header]
-        if missing:
+        if gpp_col not in header:
+            found_gpp = [c for c in header if c.upper().startswith("GPP")]
             raise KeyError(
-                f"{basename(url)} (site {info.site}) lacks column(s) {missing}; columns found: "
-                f"{header}. FLUXNET {info.product} {info.res} files name them as in the "
-                "FLUXNET2015 variable list; pass gpp_variable=/drivers= to read other columns."
+                f"{basename(url)} (site {info.site}) has no GPP column {gpp_col!r} (looked for "
+                f"gpp_variable={gpp_col!r}); GPP columns found: {found_gpp or 'none'}; all "
+                f"columns found: {header}. Pass gpp_variable= one of the GPP columns found "
+                "(e.g. 'GPP_DT_VUT_REF'), or remove the file: without GPP a site cannot be used."
             )
+        required = [c for c in dict.fromkeys(ts_cols + [_QC]) if c not in header]
+        if required:
+            raise KeyError(
+                f"{basename(url)} (site {info.site}) lacks column(s) {required}; columns found: "
+                f"{header}. FLUXNET {info.product} {info.res} files carry the timestamp "
+                f"{ts_cols[0]} and the GPP quality flag {_QC} (FLUXNET2015 variable list); "
+                "fix or remove the file."
+            )
+        absent = {name: col for name, (col, _) in columns.items() if col not in header}
+        want = ts_cols + [c for name, (c, _) in columns.items() if name not in absent] + [_QC]
         f.seek(0)
         df = pd.read_csv(f, usecols=list(dict.fromkeys(want)), dtype={c: str for c in ts_cols})
+    missing_cols: dict[str, dict[str, object]] = {}
+    for name, col in absent.items():
+        missing_cols[name] = {"column": col, "file": basename(url), "n_values": int(len(df))}
+        log.warning("%s: site %s lacks driver column %s (%s); %s is NaN for its %d values. "
+                    "Other sites and GPP are read as usual; pass drivers= without %r to skip "
+                    "this driver.", basename(url), info.site, col, name, name, len(df), name)
     try:
         t = pd.to_datetime(df[ts_cols[0]].str.strip(), format=_TS_FORMAT[info.res])
     except (ValueError, TypeError) as err:
@@ -129,6 +152,9 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
     qc = pd.to_numeric(df[_QC], errors="coerce").to_numpy(float, copy=True)
     qc[qc <= -9999] = np.nan
     for name, (col, units) in columns.items():
+        if name in absent:
+            out[name] = np.full(len(df), np.nan)
+            continue
         v = pd.to_numeric(df[col], errors="coerce").to_numpy(float, copy=True)
         missing_v = ~np.isfinite(v) | (v <= -9999)
         v[missing_v] = np.nan
@@ -146,7 +172,7 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
         if name == "ppfd":
             v, units = v * SW_TO_PPFD, "umol m-2 s-1"
         out[name] = to_canonical(v, units, name, where=f"{basename(url)} column {col}")
-    return pd.DataFrame(out, index=pd.DatetimeIndex(t)), counts
+    return pd.DataFrame(out, index=pd.DatetimeIndex(t)), counts, missing_cols
 
 
 def _aggregate(df: pd.DataFrame, res: str, freq: str, min_coverage: float,
@@ -200,7 +226,9 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
         the fraction [1] of measured or good-quality gap-filled data; keep
         ``QC >= qc_threshold`` (default 0.5).
     drivers : sequence of str
-        Canonical drivers to read besides ``gpp`` (see :data:`COLUMNS`).
+        Canonical drivers to read besides ``gpp`` (see :data:`COLUMNS`).  A file that lacks a
+        driver's column gives NaN for that driver at that site (logged as a warning naming the
+        site, column and file); the file's GPP and the other sites are read as usual.
 
     Returns
     -------
@@ -208,7 +236,19 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
         ``gpp`` [gC m-2 d-1] and drivers on ``(site, time)`` with coordinates ``lat``, ``lon``
         and ``igbp`` (IGBP code, str).  ``ds.gpp.attrs`` counts values read and dropped
         (``n_values_read``, ``n_dropped_missing``, ``n_dropped_qc``,
-        ``n_steps_dropped_coverage``); the same counts are logged on ``xgpp.io``.
+        ``n_steps_dropped_coverage``); the same counts are logged on ``xgpp.io``.  Driver
+        columns missing from files are recorded in ``ds.attrs['missing_driver_columns']``, a
+        JSON object ``{site: {driver: {"column", "file", "n_values"}}}`` (``n_values``: file
+        rows set to NaN; ``"{}"`` when none), and per driver in ``attrs``
+        ``n_values_missing_column`` and ``sites_missing_column``.
+
+    Raises
+    ------
+    KeyError
+        A file lacks the GPP column ``gpp_variable`` (the message lists the file's GPP columns
+        and all its columns), its timestamp or ``NEE_VUT_REF_QC``; a site is not in ``sites``.
+    ValueError
+        Bad file names, all-missing GPP, duplicated timestamps, unknown ``drivers``...
     """
     check_freq(freq)
     unknown = [d for d in drivers if d not in COLUMNS]
@@ -238,13 +278,16 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
                            "IGBP, or remove their files.")
     columns = {"gpp": (gpp_variable, ""), **{d: COLUMNS[d] for d in drivers}}
     series, totals = {}, {"values": 0, "missing": 0, "qc": 0, "coverage": 0}
+    missing_by_site: dict[str, dict[str, dict[str, object]]] = {}
     for site, url in sorted(by_site.items()):
         info = infos[url]
         cols = dict(columns)
         cols["gpp"] = (gpp_variable, "umol m-2 s-1" if info.res in ("HH", "HR") else "gC m-2 d-1")
         thr = qc_threshold if qc_threshold is not None else (1 if info.res in ("HH", "HR")
                                                              else 0.5)
-        df, counts = _read_file(url, info, cols, thr)
+        df, counts, missing_cols = _read_file(url, info, cols, thr)
+        if missing_cols:
+            missing_by_site[site] = missing_cols
         agg, dropped = _aggregate(df, info.res, freq, min_coverage)
         counts["coverage"] = dropped
         for k in totals:
@@ -282,10 +325,22 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
         "n_values_read": totals["values"], "n_dropped_missing": totals["missing"],
         "n_dropped_qc": totals["qc"], "n_steps_dropped_coverage": totals["coverage"],
     })
+    for name in drivers:
+        lacking = [s for s in site_ids if name in missing_by_site.get(s, {})]
+        ds[name].attrs["n_values_missing_column"] = sum(
+            int(missing_by_site[s][name]["n_values"]) for s in lacking)
+        ds[name].attrs["sites_missing_column"] = ", ".join(lacking)
+    if missing_by_site:
+        log.warning("read_fluxnet: %d of %d site(s) lack driver column(s), read as NaN: %s",
+                    len(missing_by_site), len(site_ids),
+                    {s: sorted(m) for s, m in sorted(missing_by_site.items())})
     if "ppfd" in ds:
         ds["ppfd"].attrs["comment"] = f"SW_IN_F x {SW_TO_PPFD} umol J-1 (Meek et al. 1984)"
     ds.attrs.update({"source": "FLUXNET", "time_step": freq, "min_coverage": min_coverage,
                      "skipped_files": ", ".join(basename(u) for u in skipped),
+                     "missing_driver_columns": json.dumps(
+                         {s: missing_by_site[s] for s in sorted(missing_by_site)},
+                         sort_keys=True),
                      "qc_rule": "HH/HR: NEE_VUT_REF_QC <= threshold (default 1); DD/WW/MM: "
                                 "NEE_VUT_REF_QC (good-data fraction) >= threshold (default 0.5)"})
     return ds

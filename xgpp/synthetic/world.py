@@ -79,7 +79,14 @@ def _grid(cfg: WorldConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _block(cfg_json: str, product: str, t0: int, t1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """Generate one chunk of a product: array (variable, time, lat, lon) float32."""
+    """Generate one chunk of a product: array (variable, time, lat, lon) float32.
+
+    A chunk without time steps (a product whose window starts after the world's record) is an
+    empty array: the physics is never run on zero steps (pyrealm cannot reduce empty arrays).
+    """
+    nvar = len(_CORE) if product == "core" else 2
+    if t1 <= t0:
+        return np.empty((nvar, 0, y1 - y0, x1 - x0), dtype=np.float32)
     cfg = _config(cfg_json)
     lat, lon = _grid(cfg)
     lat, lon = lat[y0:y1], lon[x0:x1]
@@ -186,14 +193,41 @@ def _drivers_truth(cfg: WorldConfig) -> tuple[xr.Dataset, xr.Dataset]:
     return drivers, truth
 
 
+#: First date of each satellite product's record, by the WorldConfig field holding it.
+_WINDOW_FIELD = {"sif_tropomi": "tropomi_start", "sif_oco2": "oco2_start"}
+
+
 def _sif(cfg: WorldConfig, product: str, label: str) -> xr.Dataset:
+    """A SIF product; an EMPTY store (0 time steps) when the record ends before its window.
+
+    The empty store has the grid, variables and attributes of a full one, so readers of the
+    world (``xr.open_zarr``, :func:`xgpp.open_cube` through the catalog) open it unchanged;
+    its attributes ``time_steps = 0`` and ``empty_store`` say why it holds nothing.
+    """
     arr, times = _stacked(cfg, product, 2)
     dims = ("time", "lat", "lon")
+    window_start = str(getattr(cfg, _WINDOW_FIELD[product]))
+    attrs = {**_global_attrs(cfg, product, label), "product_window_start": window_start}
+    if len(times) == 0:
+        attrs["time_steps"] = 0
+        attrs["empty_store"] = (
+            f"the world's record {cfg.start}..{cfg.end} ends before the {label} window, which "
+            f"starts {window_start} (WorldConfig.{_WINDOW_FIELD[product]}): this store holds 0 "
+            "time steps on the world's grid. Make a world whose end is on or after that date to "
+            "get observations."
+        )
     ds = xr.Dataset(
         {"sif": (dims, arr[0], {**attrs_for("sif"), "comment": f"{label}, 740 nm, daily-corrected"}),
          "sif_count": (dims, arr[1], attrs_for("sif_count"))},
-        coords=_coords(cfg, times), attrs=_global_attrs(cfg, product, label),
+        coords=_coords(cfg, times), attrs=attrs,
     )
+    if len(times) == 0:
+        # dask chunks of size 0 give Zarr no chunk shape: store the world's chunking instead
+        lat, lon = _grid(cfg)
+        zchunks = (int(cfg.chunks["time"]), min(int(cfg.chunks["lat"]), len(lat)),
+                   min(int(cfg.chunks["lon"]), len(lon)))
+        for v in ("sif", "sif_count"):
+            ds[v].encoding["chunks"] = zchunks
     return ds
 
 
