@@ -245,3 +245,68 @@ def test_gcs_template_catalog(monkeypatch):
     url, options = entry_location(cat, "sites")
     assert url == "gs://xgpp/twin-world/sites.zarr"
     assert options == {"token": "anon"}
+
+
+# --------------------------------------------------------------------------- installed from a wheel
+
+_FROM_WHEEL = """
+import json, os, sys
+import xgpp
+from xgpp.catalog import catalogs_dir, list_entries
+cat = xgpp.open_catalog()
+print(json.dumps({"xgpp": xgpp.__file__, "catalogs": str(catalogs_dir()),
+                  "entries": list_entries(cat)}))
+"""
+
+
+def test_packaged_catalogs_open_from_an_installed_wheel(tmp_path):
+    """A wheel carries the catalogs as package data; open_catalog() reads the installed copy."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    import zipfile
+    from pathlib import Path
+
+    pytest.importorskip("setuptools", reason="the build backend (setuptools) is not installed; "
+                        "the wheel cannot be built offline without build isolation")
+    repo = Path(xgpp.__file__).resolve().parents[1]
+    if not (repo / "pyproject.toml").is_file():
+        pytest.skip(f"xgpp is not imported from a source checkout ({repo}): nothing to build")
+    # build from a copy of what the build reads, so the checkout gets no build/ folder
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(repo / name, src / name)
+    for lic in repo.glob("LICEN[CS]E*"):
+        shutil.copy2(lic, src / lic.name)
+    shutil.copytree(repo / "xgpp", src / "xgpp",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "--no-index", "-q", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True, text=True, timeout=120)
+    (wheel,) = (tmp_path / "dist").glob("xgpp-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert {f"xgpp/catalogs/{n}.yaml" for n in PACKAGED_CATALOGS} <= names, sorted(names)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+                    "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, text=True, timeout=120)
+    # the installed copy only: no checkout on the path, cwd outside the repository; the
+    # environment's editable finder comes after sys.path, so PYTHONPATH wins
+    shutil.rmtree(src)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XGPP_DATA")}
+    env["PYTHONPATH"] = str(target)
+    out = subprocess.run([sys.executable, "-c", _FROM_WHEEL], cwd=work, env=env, check=True,
+                         capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - started
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(got["xgpp"]).resolve().is_relative_to(target.resolve()), got
+    assert Path(got["catalogs"]).resolve() == (target / "xgpp" / "catalogs").resolve()
+    assert got["entries"] == sorted(STORES)
+    assert elapsed < 60, f"building and installing the wheel took {elapsed:.1f} s"

@@ -244,6 +244,8 @@ def test_resume_after_kill_gives_identical_store(tmp_path, world, drivers, model
     write_prediction(cube, loaded, fresh, progress=False)
     a, b = xr.open_zarr(url, consolidated=False), xr.open_zarr(fresh, consolidated=False)
     assert a.attrs["xgpp_complete"] is True
+    # each run writes its own CF history line (its own time); everything else is identical
+    assert a.attrs.pop("history") and b.attrs.pop("history")
     xr.testing.assert_identical(a.compute(), b.compute())
 
 
@@ -378,3 +380,47 @@ def test_resume_on_another_device_or_batch_size_continues_the_store(tmp_path, dr
     write_prediction(drivers, model, url, batch_size=257, device="cpu", progress=False)
     back = zarr.open_group(url, mode="r").attrs
     assert back["xgpp_complete"] is True and back["xgpp_fingerprint"] == first
+
+
+# ----------------------------------------------------------------------------- CF attributes
+_GPP_STANDARD_NAME = "gross_primary_productivity_of_biomass_expressed_as_carbon"
+
+
+def _check_cf(ds: xr.Dataset, model, world) -> None:
+    import re
+    from datetime import UTC, datetime
+
+    gpp = ds["gpp"]
+    assert gpp.attrs["standard_name"] == _GPP_STANDARD_NAME
+    # one vocabulary: the prediction's GPP and the twin world's GPP share their standard name
+    assert gpp.attrs["standard_name"] == world.sites["gpp"].attrs["standard_name"]
+    assert gpp.attrs["standard_name"] == world.truth["gpp"].attrs["standard_name"]
+    assert gpp.attrs["units"] == "gC m-2 d-1" and gpp.attrs["long_name"]
+    assert "standard_name" not in ds["sif"].attrs, "CF has no standard name for SIF"
+    for name in ("gpp", "sif"):
+        assert ds[name].attrs["cell_methods"] == "time: mean", name
+    first = ds.attrs["history"].splitlines()[0]
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ): xgpp (\S+) xgpp\.predict with model "
+                     r"(\S+)", first)
+    assert m, f"history line {first!r}"
+    when = datetime.strptime(m[1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - when).total_seconds()) < 600
+    assert (m[2], m[3]) == (xgpp.__version__, model.id)
+
+
+def test_lazy_prediction_carries_cf_attributes(drivers, world):
+    two = _model(drivers, outputs=("gpp", "sif"))
+    out = predict(drivers.assign_attrs(history="2019-01-01T00:00:00Z: made the drivers"), two)
+    assert out["gpp"].chunks is not None and out["sif"].chunks is not None  # still lazy
+    _check_cf(out, two, world)
+    assert out.attrs["history"].splitlines()[1:] == ["2019-01-01T00:00:00Z: made the drivers"]
+    assert len(predict(drivers, two).attrs["history"].splitlines()) == 1
+
+
+def test_written_store_carries_cf_attributes(tmp_path, drivers, world):
+    two = _model(drivers, outputs=("gpp", "sif"))
+    url = str(tmp_path / "cf.zarr")
+    write_prediction(drivers, two, url, progress=False)
+    back = xr.open_zarr(url, consolidated=False)
+    assert back.attrs["xgpp_complete"] is True
+    _check_cf(back, two, world)

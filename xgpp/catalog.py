@@ -10,7 +10,9 @@ was read from, so a world folder can be moved or copied (to S3, say) without rew
 ``storage_options`` are ``{STORAGE_OPTIONS}``: whatever options the catalog was opened with
 (credentials are never written into catalogs).
 
-Packaged catalogs live in the repository's top-level ``catalogs/`` folder:
+Packaged catalogs are package data, ``xgpp/catalogs/*.yaml``, read through
+:mod:`importlib.resources` (so they work from a wheel as from a checkout; the repository's
+top-level ``catalogs/`` is a link to that folder, for browsing):
 
 ``twin_world``
     The default (``open_catalog()``): the twin world in the local folder ``XGPP_DATA``
@@ -73,7 +75,7 @@ STORES: dict[str, str] = {
     "sites": "flux-tower sites: eddy-covariance GPP (site, time) with site lat, lon, IGBP",
 }
 
-#: Packaged catalog name -> (file in ``catalogs/``, description).
+#: Packaged catalog name -> description; the file is ``<name>.yaml`` in :func:`catalogs_dir`.
 PACKAGED_CATALOGS: dict[str, str] = {
     "twin_world": "twin world in the local folder XGPP_DATA (default ./xgpp-data)",
     "twin_world_s3": "twin world on S3 under XGPP_S3_ROOT (endpoint XGPP_S3_ENDPOINT)",
@@ -86,13 +88,27 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def catalogs_dir() -> Path:
-    """The repository's ``catalogs/`` folder (xgpp is installed editable: ``pip install -e .``)."""
-    path = Path(__file__).resolve().parents[1] / "catalogs"
-    if not path.is_dir():
+    """The folder of xgpp's packaged catalogs (package data ``xgpp/catalogs/``).
+
+    Found through :func:`importlib.resources.files`, so it is the installed package's copy
+    whether xgpp came from a wheel or an editable checkout.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the installed package has no ``catalogs`` folder on the file system (a wheel built
+        without its package data, or xgpp imported from a zip archive).
+    """
+    from importlib.resources import files
+
+    folder = files("xgpp") / "catalogs"
+    path = Path(os.fspath(folder)) if isinstance(folder, os.PathLike) else None
+    if path is None or not path.is_dir():
         raise FileNotFoundError(
-            f"xgpp's packaged catalogs are read from {path}, which does not exist. They ship in "
-            "the repository's top-level catalogs/ folder: install xgpp from a checkout with "
-            "`pip install -e .`, or pass a catalog path or URL to open_catalog()."
+            f"xgpp's packaged catalogs should be the package data folder {folder}, which is "
+            "not a folder on the file system (xgpp built without its package data, or imported "
+            "from a zip?). Reinstall xgpp (pip install xgpp, or pip install . from a checkout), "
+            "or pass a catalog path or URL to open_catalog()."
         )
     return path
 

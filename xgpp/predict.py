@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import dask
@@ -24,6 +25,7 @@ from zarr.codecs import BloscCodec
 from xgpp._progress import active_client
 from xgpp._version import __version__
 from xgpp.models.base import PRECISIONS, Model
+from xgpp.variables import VARIABLES
 
 __all__ = ["check_inputs", "predict", "resolve_device", "write_prediction"]
 
@@ -33,6 +35,10 @@ _DIMS = ("time", "lat", "lon")
 #: chunk it encodes about twice as fast as Zarr's default zstd and decodes faster, at the same
 #: size; every Zarr v3 reader has Blosc.
 OUTPUT_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+
+#: CF ``cell_methods`` of every predicted variable: each value is the mean over its time step
+#: (the drivers are step means, and so are the targets the models were trained on).
+CELL_METHODS = "time: mean"
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -210,7 +216,12 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
     -------
     xarray.Dataset
         One float32 variable per output on the input's grid and time axis, NaN where any input
-        is missing (ocean costs no model time), with CF attributes and provenance.
+        is missing (ocean costs no model time), with CF attributes and provenance: each
+        variable's ``units``, ``long_name``, ``cell_methods`` (``"time: mean"``) and, where CF
+        defines one, ``standard_name`` (``gpp``:
+        ``gross_primary_productivity_of_biomass_expressed_as_carbon``; SIF has no CF standard
+        name, so ``sif`` has none); the dataset's ``history`` starts with a line giving the UTC
+        time, xgpp's version and the model id (the input's ``history`` follows).
     """
     varying, static = check_inputs(ds, model)
     return _build(ds, model, varying, static, batch_size=batch_size, device=device,
@@ -271,13 +282,39 @@ def _build(ds: xr.Dataset, model: Model, varying: list[str], static: list[str], 
         "xgpp_precision": precision,
         "source": f"xgpp.predict with model {model.id}",
     }
+    history = _history_line(model)
+    if ds.attrs.get("history"):  # CF: the inputs' history goes on, the newest line first
+        history = f"{history}\n{ds.attrs['history']}"
+    attrs["history"] = history
     result = xr.Dataset(
-        {o: (_DIMS, out[k], {**model.outputs[o], "xgpp_model_id": model.id})
-         for k, o in enumerate(wanted)},
+        {o: (_DIMS, out[k], _output_attrs(o, model)) for k, o in enumerate(wanted)},
         coords={c: ds[c] for c in _DIMS if c in ds.coords},
         attrs={**{k: v for k, v in ds.attrs.items() if k in ("Conventions",)}, **attrs},
     )
     return result
+
+
+def _output_attrs(name: str, model: Model) -> dict[str, str]:
+    """CF attributes of predicted variable ``name``.
+
+    ``units`` and ``long_name`` come from the model (:data:`xgpp.models.base.OUTPUTS`), the CF
+    ``standard_name`` from :data:`xgpp.variables.VARIABLES` (the table the twin world's and
+    the flux towers' GPP take theirs from), and ``cell_methods`` is :data:`CELL_METHODS`.  SIF
+    has no CF standard name, so ``sif`` carries none.
+    """
+    attrs = dict(model.outputs[name])
+    var = VARIABLES.get(name)
+    if var is not None and var.standard_name:
+        attrs["standard_name"] = var.standard_name
+    attrs["cell_methods"] = CELL_METHODS
+    attrs["xgpp_model_id"] = model.id
+    return attrs
+
+
+def _history_line(model: Model) -> str:
+    """One CF ``history`` line: UTC time (ISO 8601), xgpp version, what ran, the model id."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{now}: xgpp {__version__} xgpp.predict with model {model.id}"
 
 
 def _model_identity(model: Model) -> dict:

@@ -6,6 +6,9 @@ their bounds from here, and writers copy ``units``/``long_name``/``standard_name
 
 from __future__ import annotations
 
+import functools
+import re
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -22,6 +25,7 @@ __all__ = [
     "check_units",
     "get_variable",
     "normalise_units",
+    "unit_conversion",
     "unit_spellings",
 ]
 
@@ -37,7 +41,8 @@ class Variable:
     long_name : str
         Human-readable meaning (written as the CF ``long_name`` attribute).
     units : str
-        Canonical unit (CF/udunits spelling); data must carry exactly this ``units`` attribute.
+        Canonical unit (UDUNITS spelling, but ``gC`` for a mass of carbon); data must carry
+        exactly this ``units`` attribute (:func:`normalise_units` converts other spellings).
     standard_name : str or None
         CF standard name where one exists.
     bounds : tuple of float
@@ -108,27 +113,35 @@ DRIVERS: tuple[str, ...] = ("tair", "vpd", "ppfd", "co2", "patm", "swc", "fapar"
 #: Static gridded fields written beside the drivers.
 STATIC: tuple[str, ...] = ("igbp", "land_mask", "elevation")
 
-# Unit spellings that mean exactly the canonical unit, and linear conversions (scale, offset)
-# applied as ``canonical = value * scale + offset``.
-_UNIT_ALIASES: dict[str, dict[str, tuple[float, float]]] = {
-    "degC": {"degC": (1, 0), "°C": (1, 0), "deg_C": (1, 0), "celsius": (1, 0), "C": (1, 0),
-             "K": (1, -273.15), "kelvin": (1, -273.15)},
-    "Pa": {"Pa": (1, 0), "hPa": (100, 0), "kPa": (1000, 0), "mbar": (100, 0), "millibar": (100, 0)},
-    "umol m-2 s-1": {"umol m-2 s-1": (1, 0), "µmol m-2 s-1": (1, 0), "umol/m2/s": (1, 0),
-                     "micromol m-2 s-1": (1, 0), "mol m-2 s-1": (1e6, 0)},
-    "ppm": {"ppm": (1, 0), "1e-6": (1, 0), "umol mol-1": (1, 0), "µmol mol-1": (1, 0)},
-    "1": {"1": (1, 0), "": (1, 0), "-": (1, 0), "fraction": (1, 0), "%": (0.01, 0)},
-    "m2 m-2": {"m2 m-2": (1, 0), "m2/m2": (1, 0), "m^2/m^2": (1, 0), "1": (1, 0)},
-    "m": {"m": (1, 0), "km": (1000, 0)},
-    "gC m-2 d-1": {"gC m-2 d-1": (1, 0), "g C m-2 d-1": (1, 0), "gC m-2 day-1": (1, 0),
-                   "gC/m2/d": (1, 0), "g m-2 d-1": (1, 0),
-                   # 1 umol CO2 m-2 s-1 = 12.011e-6 g C m-2 s-1 * 86400 s d-1
-                   "umol m-2 s-1": (12.011e-6 * 86400, 0), "umolCO2 m-2 s-1": (12.011e-6 * 86400, 0),
-                   "gC m-2 s-1": (86400, 0), "kgC m-2 s-1": (86400e3, 0)},
-    "mW m-2 nm-1 sr-1": {"mW m-2 nm-1 sr-1": (1, 0), "mW m-2 sr-1 nm-1": (1, 0), "mW/m2/nm/sr": (1, 0),
-                         "mW/m^2/nm/sr": (1, 0), "W m-2 um-1 sr-1": (1, 0),
-                         "W m-2 µm-1 sr-1": (1, 0), "W/m^2/sr/µm": (1, 0), "W/m2/sr/um": (1, 0)},
+# --------------------------------------------------------------------------- units
+# Unit strings are read by cf-units (UDUNITS-2, the unit library of the CF conventions): any
+# spelling it reads as the canonical unit, or as a unit convertible to it (by a factor, or by an
+# offset for temperatures), is converted.  Only what UDUNITS cannot say is written down here.
+
+#: Spellings found in products that UDUNITS cannot read, or reads as another unit (``C`` is the
+#: coulomb), by canonical unit: spelling -> the UDUNITS spelling it stands for.
+_EXTRA_SPELLINGS: dict[str, dict[str, str]] = {
+    "degC": {"C": "degC", "deg C": "degC"},
+    "1": {"": "1", "-": "1", "fraction": "1"},
 }
+
+#: Canonical units that name a chemical species, which UDUNITS has no notion of: canonical ->
+#: (UDUNITS unit of the species' mass flux, the same as an amount flux, molar mass [g mol-1]).  Found units may tag
+#: the species (``gC``, ``g C``, ``umolCO2``, ``mol(CO2)``); an untagged mass is taken as carbon,
+#: a mass of CO2 is converted to carbon by molar masses, and an amount of substance (mol of CO2
+#: or of C: one carbon atom each) by the molar mass of carbon.
+_SPECIES_UNITS: dict[str, tuple[str, str, float]] = {
+    "gC m-2 d-1": ("g m-2 d-1", "mol m-2 d-1", 12.011),
+}
+#: Molar masses [g mol-1] of the species a carbon unit may be tagged with.
+_MOLAR_MASS: dict[str, float] = {"C": 12.011, "CO2": 44.0095}
+#: A species tag right after a mass (``g``) or amount (``mol``) unit.
+_SPECIES_TAG = re.compile(r"(?<=[gl])\s*(?:\((CO2|C)\)|(CO2|C))(?![A-Za-z0-9_])")
+#: Significant digits kept of a conversion factor (``W m-2 um-1`` -> ``mW m-2 nm-1`` is 1,
+#: not 1.0000000000000002).
+_DIGITS = 12
+#: UDUNITS-2 is not thread-safe; readers run in dask threads.
+_UDUNITS_LOCK = threading.Lock()
 
 
 def get_variable(name: str) -> Variable:
@@ -148,16 +161,141 @@ def attrs_for(name: str) -> dict[str, str]:
 
 
 def unit_spellings(name: str) -> dict[str, tuple[float, float]]:
-    """Unit spellings convertible to variable ``name``'s canonical unit.
+    """Spellings of variable ``name``'s unit that xgpp accepts beyond what UDUNITS reads.
 
-    Returns a new dict: spelling -> ``(scale, offset)`` with ``canonical = value * scale + offset``.
+    Any unit string that cf-units (UDUNITS-2) reads as a unit convertible to the canonical one
+    is accepted too (see :func:`unit_conversion`); this lists the canonical spelling and the
+    product spellings UDUNITS cannot read (``"fraction"``, ``"C"`` for degrees Celsius).
+
+    Returns
+    -------
+    dict
+        A new dict: spelling -> ``(scale, offset)`` with ``canonical = value * scale + offset``.
     """
     var = get_variable(name)
-    return dict(_UNIT_ALIASES.get(var.units, {var.units: (1, 0)}))
+    spellings = [var.units, *_EXTRA_SPELLINGS.get(var.units, {})]
+    return {s: unit_conversion(s, name) for s in spellings}
+
+
+def unit_conversion(units: str, name: str) -> tuple[float, float]:
+    """Linear conversion from ``units`` to variable ``name``'s canonical unit.
+
+    ``units`` is read by cf-units (UDUNITS-2 spellings: ``"W/m^2/sr/um"``, ``"W m-2 sr-1 um-1"``,
+    ``"hPa"``, ``"K"``...); parsed units are cached.
+
+    Parameters
+    ----------
+    units : str
+        Unit string as found in the data (a ``units`` attribute).
+    name : str
+        Canonical variable name (see :data:`VARIABLES`).
+
+    Returns
+    -------
+    tuple of float
+        ``(scale, offset)`` with ``canonical = value * scale + offset``.
+
+    Raises
+    ------
+    ValueError
+        If UDUNITS cannot read ``units``, or reads a unit not convertible to the canonical one
+        (another physical dimension).
+    """
+    var = get_variable(name)
+    found = str(units).strip()
+    result = _conversion(found, var.units)
+    if isinstance(result, str):
+        raise ValueError(
+            f"variable {name!r} has units {units!r}, {result}; expected the canonical "
+            f"{var.units!r} or a unit convertible to it (e.g. {_examples(var.units)}). Convert "
+            f"the data, or set the 'units' attribute to the UDUNITS spelling of the unit they "
+            "are in."
+        )
+    return result
+
+
+def _examples(canonical: str) -> str:
+    examples = {"degC": "'K'", "Pa": "'hPa', 'kPa'", "1": "'%'",
+                "mW m-2 nm-1 sr-1": "'W m-2 um-1 sr-1', 'W/m^2/sr/um'",
+                "gC m-2 d-1": "'gC m-2 s-1', 'umol CO2 m-2 s-1'",
+                "umol m-2 s-1": "'mol m-2 s-1'", "ppm": "'umol mol-1'", "m": "'km'"}
+    return examples.get(canonical, repr(canonical))
+
+
+@functools.lru_cache(maxsize=1024)
+def _conversion(found: str, canonical: str) -> tuple[float, float] | str:
+    """``(scale, offset)`` from ``found`` to ``canonical``, or why there is none (cached)."""
+    found = _EXTRA_SPELLINGS.get(canonical, {}).get(found, found)
+    if found == canonical:
+        return (1.0, 0.0)
+    with _UDUNITS_LOCK:
+        if canonical in _SPECIES_UNITS:
+            return _species_conversion(found, canonical)
+        unit = _parse(found)
+        if isinstance(unit, str):
+            return unit
+        return _linear(unit, _parse(canonical), canonical)
+
+
+def _parse(units: str):
+    """A cf-units ``Unit``, or why ``units`` is not one (call under ``_UDUNITS_LOCK``)."""
+    from cf_units import Unit
+
+    if not units:
+        return "which is empty"
+    try:
+        unit = Unit(units)
+    except ValueError:
+        return "which UDUNITS (cf-units) cannot read as a unit"
+    if unit.is_unknown() or unit.is_no_unit():
+        return "which UDUNITS (cf-units) reads as no unit"
+    return unit
+
+
+def _linear(unit, target, canonical: str) -> tuple[float, float] | str:
+    if unit.is_time_reference() or not unit.is_convertible(target):
+        return (f"which UDUNITS reads as {unit.definition!r}, a quantity that cannot be "
+                f"converted to {canonical!r} ({target.definition!r})")
+    zero, one = (float(v) for v in unit.convert(np.array([0.0, 1.0]), target))
+    scale = _round(one - zero)
+    offset = 0.0 if abs(zero) <= 1e-12 * max(1.0, abs(scale)) else _round(zero)
+    return (scale, offset)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.{_DIGITS}g}")
+
+
+def _species_conversion(found: str, canonical: str) -> tuple[float, float] | str:
+    """Conversion to a carbon unit (see ``_SPECIES_UNITS``); call under ``_UDUNITS_LOCK``."""
+    from cf_units import Unit
+
+    mass_units, amount_units, molar_mass = _SPECIES_UNITS[canonical]
+    tags = {a or b for a, b in _SPECIES_TAG.findall(found)}
+    if len(tags) > 1:
+        return f"which names more than one chemical species ({sorted(tags)})"
+    tag = tags.pop() if tags else None
+    unit = _parse(_SPECIES_TAG.sub("", found).strip())
+    if isinstance(unit, str):
+        return unit
+    mass, amount = Unit(mass_units), Unit(amount_units)
+    if unit.is_convertible(mass):
+        scale, _ = _linear(unit, mass, canonical)
+        if tag is not None:
+            scale *= molar_mass / _MOLAR_MASS[tag]
+        return (_round(scale), 0.0)
+    if unit.is_convertible(amount):
+        scale, _ = _linear(unit, amount, canonical)
+        return (_round(scale * molar_mass), 0.0)
+    return (f"which UDUNITS reads as {unit.definition!r}, neither a mass flux of carbon "
+            f"convertible to {canonical!r} nor an amount (mol) of CO2 or C")
 
 
 def normalise_units(da: xr.DataArray, name: str | None = None) -> xr.DataArray:
     """Convert ``da`` to its canonical unit, driven by its ``units`` attribute (never by magnitude).
+
+    The ``units`` attribute is read by cf-units (UDUNITS-2): any spelling convertible to the
+    canonical unit is converted (see :func:`unit_conversion`).
 
     Parameters
     ----------
@@ -165,6 +303,11 @@ def normalise_units(da: xr.DataArray, name: str | None = None) -> xr.DataArray:
         Data with a ``units`` attribute.
     name : str, optional
         Canonical variable name; defaults to ``da.name``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``da`` in the canonical unit, named ``name``, with the variable's CF attributes.
 
     Raises
     ------
@@ -179,13 +322,7 @@ def normalise_units(da: xr.DataArray, name: str | None = None) -> xr.DataArray:
             f"variable {name!r} has no 'units' attribute; expected {var.units!r}. "
             f"Set ds[{name!r}].attrs['units'] to the unit the data are in."
         )
-    table = unit_spellings(name)
-    if str(units).strip() not in table:
-        raise ValueError(
-            f"variable {name!r} has units {units!r}, which xgpp cannot convert to the canonical "
-            f"{var.units!r}; known spellings: {sorted(table)}."
-        )
-    scale, offset = table[str(units).strip()]
+    scale, offset = unit_conversion(units, name)
     out = da if (scale, offset) == (1, 0) else da * scale + offset
     out = out.rename(name)
     out.attrs = {**da.attrs, **var.attrs()}
