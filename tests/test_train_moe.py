@@ -277,3 +277,28 @@ def test_multitask_comparison_writes_scores_and_pictures_and_resumes(tmp_path):
     assert again == summary
     assert [r["model"] for r in json.loads((tmp_path / "results.json").read_text())] == [
         r["model"] for r in first]
+
+
+def test_a_tracks_split_is_refused_by_sif_methods_that_cannot_hold_tracks_out():
+    drivers, sites, sif = world()
+    with pytest.raises(ValueError, match="would train on them"):
+        run("siftml", sif=sif)
+    m = run("ec-only", TrainConfig(ec=PhaseConfig(max_epochs=1)))
+    assert m.provenance["split_ignored"] == "tracks:k=5,fold=0"
+
+
+def test_resume_ignores_loader_only_settings_and_learnable_slopes_start_from_bounds(tmp_path):
+    a = run("moe", tiny(), out=str(tmp_path / "m"))
+    b = run("moe", tiny(cache_mib=0.0), out=str(tmp_path / "m"))  # resumes: same run
+    assert a.id == b.id
+    few = run("moe", tiny(slopes="learnable", min_pairs=10**6))  # too few pairs to fit
+    assert few.provenance["relation_fit"]["start"] == "bounds midpoints"
+    assert few.provenance["relation"]["learnable"] is True
+
+
+def test_moe_without_an_igbp_feature_takes_site_classes_from_their_codes():
+    from xgpp.models.features import FeatureConfig
+
+    cfg = tiny().replace(features=FeatureConfig(igbp=None))
+    m = run("moe", cfg)
+    assert "igbp" not in m.spec.names and list(m.outputs) == ["sif", "gpp"]

@@ -72,7 +72,8 @@ def fit_relation(sif: np.ndarray, gpp: np.ndarray, classes: np.ndarray, *,
     slope, intercept : numpy.ndarray
         ``(17,)`` per class.
     info : dict
-        ``{"global": (a, b, n), "per_class": {code: (a, b, n)}, "clipped": [codes]}``.
+        ``{"global": (a, b, n), "per_class": {code: (a, b, n)}, "clipped": [codes],
+        "clipped_global": [codes]}`` (classes whose own or inherited slope was clipped).
     """
     ok = np.isfinite(sif) & np.isfinite(gpp)
     s, g = np.asarray(sif, np.float64)[ok], np.asarray(gpp, np.float64)[ok]
@@ -115,10 +116,14 @@ def fit_relation(sif: np.ndarray, gpp: np.ndarray, classes: np.ndarray, *,
         old = slope[k]
         slope[k] = float(np.clip(old, lo[k], hi[k]))
         m = c == k
-        intercept[k] = float(g[m].mean() - slope[k] * s[m].mean()) if m.any() else intercept[k]
+        intercept[k] = float(g[m].mean() - slope[k] * s[m].mean())
     if outside:
         warnings.warn(f"SIF-GPP slopes of {info['clipped']} were outside their literature "
                       "bounds and were clipped to them.", UserWarning, stacklevel=2)
+    # classes without enough pairs: the fit over all pairs, its slope clipped to the class
+    # bounds and the intercept refitted for that slope (through the pairs' means)
     rest = np.setdiff1d(np.arange(len(lo)), fitted)
-    slope[rest] = np.clip(a0, lo[rest], hi[rest])  # classes without enough pairs: the global fit
+    slope[rest] = np.clip(a0, lo[rest], hi[rest])
+    intercept[rest] = g.mean() - slope[rest] * s.mean()
+    info["clipped_global"] = [IGBP_CODES[k] for k in rest if slope[k] != a0]
     return slope, intercept, info

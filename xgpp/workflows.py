@@ -183,15 +183,18 @@ def multitask_scores(model: Any, *, drivers: xr.Dataset, sites: xr.Dataset, sif:
     from xgpp.tracks import MixedSamples, TrackIndex, parse_track_split
 
     parts = [p.strip() for p in split.split(";") if p.strip()]
-    site_spec = next(p for p in parts if not p.startswith("tracks"))
+    site_spec = next((p for p in parts if not p.startswith("tracks")), None)
     out: dict[str, Any] = {"model": model.id, "method": model.method}
     cols = list(model.outputs)
-    if "gpp" in cols:
+    if "gpp" in cols and site_spec is not None:
         splitter, k = parse_split(site_spec)
         test = list(splitter.folds(sites)[k].test)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SampleExclusionWarning)
-            s = site_samples(drivers, sites.sel(site=test), inputs=model.inputs)
+            cfg = model.provenance.get("config", {})  # the samples the model trained on
+            s = site_samples(drivers, sites.sel(site=test), inputs=model.inputs,
+                             window=cfg.get("site_window", 1),
+                             igbp_from=cfg.get("igbp_from", "site"))
         x, ok = model.features(s, return_mask=True)
         pred = model.predict_numpy(x)[:, cols.index("gpp")]
         out["gpp_sites"] = {**pair_scores(pred, s["gpp"].values[ok]), "n": int(ok.sum()),
@@ -237,6 +240,7 @@ def run_multitask_comparison(out: str = "xgpp-multitask", *, resolution: float =
     from xgpp.plots import plot_gate_use, plot_sif_reconstruction
     from xgpp.synthetic import write_world
     from xgpp.train import train_from_catalog
+    from xgpp.train.methods.moe import last_utilisation
 
     console = Console(stderr=True)
     root = Path(out).resolve()
@@ -266,7 +270,7 @@ def run_multitask_comparison(out: str = "xgpp-multitask", *, resolution: float =
             hist = model.provenance["history"]
             phase = list(hist)[-1]
             sc.update(seed=seed, seconds=time.perf_counter() - t0, epochs=len(hist[phase]),
-                      gates=hist[phase][-1].get("gates"))
+                      gates=last_utilisation(hist[phase]))
             results.append(sc)
             (root / "results.json").write_text(json.dumps(results, indent=1, default=str))
     summary: dict[str, Any] = {"split": split, "seeds": list(seeds), "methods": {}}

@@ -57,22 +57,12 @@ def _signature(ds: xr.Dataset | None) -> dict[str, Any] | None:
     return sig
 
 
-def _resolve_fold(split: Fold | str | None, sites: xr.Dataset | None) -> Fold | None:
-    if split is None or isinstance(split, Fold):
-        return split
-    if isinstance(split, str):
-        if sites is None:
-            raise ValueError(f"split={split!r} needs sites to split.")
-        splitter, k = parse_split(split)
-        folds = splitter.folds(sites)
-        if not 0 <= k < len(folds):
-            raise ValueError(f"split {split!r} asks for fold {k}, but it has {len(folds)} folds "
-                             f"(0..{len(folds) - 1}).")
-        return folds[k]
-    if hasattr(split, "folds"):
-        raise TypeError(f"split={split!r} is a splitter; pass one fold, e.g. "
-                        "splitter.folds(sites)[0], or a spec string like 'site-kfold:k=5,fold=0'.")
-    raise TypeError(f"split must be None, a Fold or a spec string; got {type(split).__name__}.")
+def _track_part(split: Fold | str | None) -> str | None:
+    """The ``tracks:`` part of a split spec, or None."""
+    if not isinstance(split, str):
+        return None
+    parts = [p.strip() for p in split.split(";") if p.strip().startswith("tracks")]
+    return parts[0] if parts else None
 
 
 def _site_part(split: Fold | str | None) -> Fold | str | None:
@@ -169,6 +159,14 @@ def train(drivers: xr.Dataset, *, sites: xr.Dataset | None = None, sif: xr.Datas
         raise ValueError(f"method {method!r} trains on SIF: pass sif=<SIF cube, e.g. the "
                          f"{record.sif_product} store>.")
     ignored = None
+    tracks_part = _track_part(split)
+    if tracks_part is not None and not record.track_split:
+        if record.needs_sif:
+            raise ValueError(
+                f"split={split!r} holds out SIF track segments ({tracks_part!r}), but method "
+                f"{method!r} does not hold tracks out: it would train on them. Drop the "
+                "'tracks:' part, or use a method that takes it (moe, single-task-sif).")
+        ignored = tracks_part
     if record.needs_sites:
         fold = _resolve_fold(split, sites)
     else:

@@ -8,6 +8,7 @@ the training sites into fitting and validation sites with their samples.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Callable, Iterator
@@ -27,6 +28,9 @@ from xgpp.train.config import PhaseConfig, TrainConfig
 from xgpp.train.loop import Batch, Progress, array_batches, run_phase
 
 __all__ = ["SiteSplit", "TrainContext"]
+
+#: (config section, field) that only change loading speed, left out of the resume fingerprint
+_LOADER_ONLY = (("loader", "workers"), ("loader", "prefetch"), ("multitask", "cache_mib"))
 
 
 @dataclass
@@ -66,7 +70,9 @@ def _site_arrays(samples: xr.Dataset, spec: FeatureSpec, ids: np.ndarray
     cols = columns_from_dataset(sel, spec.inputs)
     x = spec.transform(cols)
     y = np.asarray(sel["gpp"].values, np.float32)[:, None]
-    cls_ = np.asarray(sel["igbp"].values) if "igbp" in sel else np.zeros(len(y), int)
+    from xgpp.train.methods._multitask import sample_classes
+
+    cls_ = sample_classes(sel)
     return x, y, cls_
 
 
@@ -122,6 +128,11 @@ class TrainContext:
         """The run's checkpoint store; refuses a folder holding another run's checkpoints."""
         fingerprint = {k: self.provenance[k] for k in ("method", "seed", "config", "split",
                                                         "data")}
+        # settings that change how fast batches arrive, not which: a resume may change them
+        config = copy.deepcopy(fingerprint["config"])
+        for section, key in _LOADER_ONLY:
+            config.get(section, {}).pop(key, None)
+        fingerprint["config"] = config
         for k in ("split_tracks",):
             if k in self.provenance:
                 fingerprint[k] = self.provenance[k]

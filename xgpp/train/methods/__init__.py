@@ -42,6 +42,8 @@ class Method:
         Variables its models predict.
     config_sections : tuple of str
         The :class:`~xgpp.train.config.TrainConfig` fields it reads.
+    track_split : bool
+        Takes a ``tracks:`` part of the split (held-out SIF track segments).
     comparison : str
         The study comparison it belongs to: ``"transfer"`` (SIFTML and its baselines, on
         full-coverage SIF) or ``"multitask"`` (the MoE and its single-task baselines, on
@@ -55,6 +57,7 @@ class Method:
     sif_product: str | None = None
     outputs: tuple[str, ...] = ("gpp",)
     config_sections: tuple[str, ...] = field(default_factory=tuple)
+    track_split: bool = False
     comparison: str = "transfer"
 
     @property

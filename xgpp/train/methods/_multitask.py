@@ -117,8 +117,11 @@ def _tower_pairs(ctx, index: TrackIndex, test: np.ndarray) -> tuple[np.ndarray, 
     keep = np.isin(as_str(samples["site"].values), np.concatenate([s.fit_ids, s.val_ids]))
     samples = samples.isel(sample=np.flatnonzero(keep))
     lat, lon = ctx.drivers["lat"].values, ctx.drivers["lon"].values
-    yi = np.abs(lat[None, :] - samples["cell_lat"].values[:, None]).argmin(1)
-    xi = np.abs(lon[None, :] - samples["cell_lon"].values[:, None]).argmin(1)
+    # nearest grid index of each distinct tower cell (a few hundred), then per sample
+    ulat, ilat = np.unique(samples["cell_lat"].values, return_inverse=True)
+    ulon, ilon = np.unique(samples["cell_lon"].values, return_inverse=True)
+    yi = np.abs(lat[None, :] - ulat[:, None]).argmin(1)[np.asarray(ilat).ravel()]
+    xi = np.abs(lon[None, :] - ulon[:, None]).argmin(1)[np.asarray(ilon).ravel()]
     ti = pd.DatetimeIndex(ctx.drivers["time"].values).get_indexer(
         pd.DatetimeIndex(samples["time"].values))
     cells, inv = np.unique(np.stack([yi, xi], 1), axis=0, return_inverse=True)
@@ -131,7 +134,18 @@ def _tower_pairs(ctx, index: TrackIndex, test: np.ndarray) -> tuple[np.ndarray, 
     held = np.ravel_multi_index((index.t[test], index.y[test], index.x[test]), shape)
     here = np.ravel_multi_index((np.clip(ti, 0, None), yi, xi), shape)
     vals = np.where(np.isin(here, held), np.nan, vals)
-    return vals, samples["gpp"].values.astype(float), samples["igbp"].values.astype(int)
+    return vals, samples["gpp"].values.astype(float), sample_classes(samples)
+
+
+def sample_classes(samples) -> np.ndarray:
+    """IGBP class number of each site sample (its ``igbp`` input, else its tower's code)."""
+    from xgpp.landcover import code_to_class
+
+    if "igbp" in samples:
+        return samples["igbp"].values.astype(int)
+    if "igbp_code" in samples.coords:
+        return code_to_class(as_str(samples["igbp_code"].values)).astype(int)
+    return np.zeros(samples.sizes["sample"], int)
 
 
 def prepare(ctx, *, relation: bool = True) -> TrackData:
@@ -161,9 +175,17 @@ def prepare(ctx, *, relation: bool = True) -> TrackData:
     ctx.provenance["tracks"] = {**index.summary(), "n_test": int(test.sum()),
                                 "n_validation": int(val.sum()), "n_fit": int(fit.sum())}
     rel = (np.zeros(17), np.zeros(17), {})
-    if relation:
+    if relation and mt.physics_weight > 0:
         sif_p, gpp_p, cls_p = _tower_pairs(ctx, index, test)
-        rel = fit_relation(sif_p, gpp_p, cls_p, min_pairs=mt.min_pairs)
+        try:
+            rel = fit_relation(sif_p, gpp_p, cls_p, min_pairs=mt.min_pairs)
+        except ValueError as err:
+            if mt.slopes != "learnable" or "tower-date pairs" not in str(err):
+                raise
+            # learnable slopes need no fit: start from the middle of the bounds
+            lo, hi = slope_bounds()
+            rel = ((lo + hi) / 2, np.zeros(len(lo)), {"start": "bounds midpoints",
+                                                      "reason": str(err)})
         ctx.provenance["relation_fit"] = rel[2]
     return TrackData(index, test, val, fit, s_mean, s_std, rel, fold)
 

@@ -53,12 +53,23 @@ def moe_model(ctx, net: NonNegative, tasks: tuple[str, ...], scale: list[float],
                       extra={"tasks": list(tasks), **extra})
 
 
+def best_epoch(history: list[dict]) -> dict | None:
+    """The record of the epoch whose weights were kept (lowest validation loss)."""
+    if not history:
+        return None
+    if all(r.get("val_loss") is not None for r in history):
+        return min(history, key=lambda r: r["val_loss"])
+    return history[-1]
+
+
 def last_utilisation(history: list[dict]) -> dict | None:
-    """The expert-utilisation record of the best-kept epoch's phase (its last epoch)."""
-    return history[-1].get("gates") if history else None
+    """The expert utilisation of the kept epoch (after early stopping, not the last one)."""
+    rec = best_epoch(history)
+    return rec.get("gates") if rec else None
 
 
 @register_method("moe", needs_sites=True, sif_product="sif_oco2", outputs=TASKS,
+                 track_split=True,
                  comparison="multitask",
                  description="multi-task mixture of experts on sparse SIF tracks and sites: "
                              "seamless SIF and GPP, physics-constrained",

@@ -56,7 +56,7 @@ def fit_gpp(ctx):
 
 
 @register_method("single-task-sif", needs_sites=True, sif_product="sif_oco2",
-                 outputs=("sif", "gpp"), comparison="multitask",
+                 outputs=("sif", "gpp"), comparison="multitask", track_split=True,
                  description="the MoE network with only its SIF task, on the same track rows; "
                              "GPP = per-IGBP slope x reconstructed SIF",
                  config_sections=_SECTIONS + ("sif_conversion", "min_class_samples"))
