@@ -302,3 +302,22 @@ def test_moe_without_an_igbp_feature_takes_site_classes_from_their_codes():
     cfg = tiny().replace(features=FeatureConfig(igbp=None))
     m = run("moe", cfg)
     assert "igbp" not in m.spec.names and list(m.outputs) == ["sif", "gpp"]
+
+
+def test_sif_normalisation_never_sees_held_out_track_segments():
+    from xgpp.tracks import TrackIndex, parse_track_split
+
+    drivers, _, sif = world()
+    index = TrackIndex.build(sif, drivers)
+    splitter, k = parse_track_split("tracks:k=5,fold=0")
+    test = splitter.fold(index, drivers["lat"].values, drivers["lon"].values, k).test
+    vals = sif["sif"].reindex(time=drivers["time"]).values.copy()
+    vals[index.t[test], index.y[test], index.x[test]] *= 10.0  # only held-out soundings change
+    changed = sif.copy()
+    changed["sif"] = (("time", "lat", "lon"), vals[np.isin(drivers["time"].values,
+                                                           sif["time"].values)],
+                      sif["sif"].attrs)
+    cfg = tiny(phase=PhaseConfig(max_epochs=1, samples_per_epoch=2000))
+    a = run("moe", cfg)
+    b = run("moe", cfg, sif=changed)
+    assert a.provenance["sif_normalisation"] == b.provenance["sif_normalisation"]

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from xgpp._strings import as_str
-from xgpp.models.features import streaming_moments
 from xgpp.models.moe import GateStats
 from xgpp.sif_gpp import fit_relation, slope_bounds
 from xgpp.tracks import (
@@ -148,6 +147,32 @@ def sample_classes(samples) -> np.ndarray:
     return np.zeros(samples.sizes["sample"], int)
 
 
+def _sounding_moments(ctx, index: TrackIndex, use: np.ndarray, var: str) -> tuple[float, float]:
+    """Mean and std of SIF over the training soundings only (held-out tracks never seen).
+
+    Streams the SIF cube chunk by chunk over the driver chunks holding those soundings.
+    """
+    sif = ctx.sif[var].reindex(time=ctx.drivers["time"])
+    order = np.flatnonzero(use)
+    order = order[np.argsort(index.chunk_id[order], kind="stable")]
+    keys, starts = np.unique(index.chunk_id[order], return_index=True)
+    bounds = list(starts) + [len(order)]
+    total = total2 = 0.0
+    n = 0
+    for i, key in enumerate(keys):
+        tsl, ysl, xsl = index.chunk_slices(int(key))
+        block = np.asarray(sif.isel(time=tsl, lat=ysl, lon=xsl).values, np.float64)
+        m = order[bounds[i]:bounds[i + 1]]
+        v = block[index.t[m] - tsl.start, index.y[m] - ysl.start, index.x[m] - xsl.start]
+        v = v[np.isfinite(v)]
+        total, total2, n = total + v.sum(), total2 + (v * v).sum(), n + len(v)
+    if n < 2:
+        raise ValueError(f"only {n} finite training soundings of {var!r}; cannot normalise SIF.")
+    mean = total / n
+    std = float(np.sqrt(max(total2 / n - mean * mean, 0.0))) or 1.0
+    return float(mean), std
+
+
 def prepare(ctx, *, relation: bool = True) -> TrackData:
     """Index the soundings, split tracks, normalise SIF and fit the relation (see module)."""
     cfg, mt, seed = ctx.config, ctx.config.multitask, ctx.seed
@@ -170,7 +195,7 @@ def prepare(ctx, *, relation: bool = True) -> TrackData:
     if not fit.any():
         raise ValueError(f"no training soundings left: {int(test.sum())} held out, "
                          f"{int(val.sum())} for validation of {index.n_soundings}.")
-    s_mean, s_std, _ = streaming_moments(ctx.sif, [cfg.sif_var])[cfg.sif_var]
+    s_mean, s_std = _sounding_moments(ctx, index, fit, cfg.sif_var)
     ctx.provenance["sif_normalisation"] = {"mean": s_mean, "std": s_std}
     ctx.provenance["tracks"] = {**index.summary(), "n_test": int(test.sum()),
                                 "n_validation": int(val.sum()), "n_fit": int(fit.sum())}
