@@ -84,3 +84,33 @@ def test_interrupted_store_is_not_presented_as_complete(world_and_model):
     back = xr.open_zarr(str(out / "prediction.zarr"), consolidated=False)
     assert back.attrs["xgpp_complete"] is True
     assert back.attrs["xgpp_done_slabs"] == list(range(len(back.chunks["time"])))
+
+
+def test_train_help_lists_the_registry_and_moe_trains_and_predicts_from_the_shell(
+        world_and_model, tmp_path):
+    import json
+
+    from xgpp.train import METHODS
+
+    root, _, _ = world_and_model
+    helptext = " ".join(xgpp_cli("train", "--help").stdout.split())
+    assert all(name in helptext for name in METHODS)
+    catalog = str(root / "world" / "catalog.yaml")
+    bad = xgpp_cli("train", "--catalog", catalog, "--out", str(tmp_path / "x"),
+                   "--method", "mmoe")
+    assert bad.returncode == 1 and "unknown method='mmoe'" in bad.stderr
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({
+        "moe": {"n_experts": 2, "expert_hidden": [16], "tower_hidden": [8]},
+        "multitask": {"min_pairs": 3, "phase": {"max_epochs": 2, "batch_size": 256,
+                                                "samples_per_epoch": 4000}}}))
+    res = xgpp_cli("train", "--catalog", catalog, "--out", str(tmp_path / "moe"),
+                   "--method", "moe", "--sif-product", "sif_oco2", "--config", str(cfg),
+                   "--split", "tracks:k=4,fold=0", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    res = xgpp_cli("predict", "--catalog", catalog, "--model", str(tmp_path / "moe"),
+                   "--out", str(tmp_path / "pred"), "--cluster", "none")
+    assert res.returncode == 0, res.stderr
+    out = xr.open_zarr(tmp_path / "pred" / "prediction.zarr", consolidated=False)
+    assert list(out.data_vars) == ["sif", "gpp"] and out.attrs["xgpp_complete"] is True
+    assert float(out["gpp"].min()) >= 0.0 and np.isfinite(out["sif"].values).any()
