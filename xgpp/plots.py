@@ -19,6 +19,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write the PNG and free the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+    return path
+
+
 def plot_maps(pred: xr.DataArray, truth: xr.DataArray | None, path: str | Path,
               title: str = "GPP") -> Path:
     """Maps of time-mean GPP [gC m-2 d-1]: estimate, truth and their difference."""
@@ -34,11 +43,7 @@ def plot_maps(pred: xr.DataArray, truth: xr.DataArray | None, path: str | Path,
         lim = ({"vmin": -vmax / 3, "vmax": vmax / 3} if cmap == "RdBu_r" else {"vmin": 0, "vmax": vmax})
         arr.plot(ax=ax, cmap=cmap, cbar_kwargs={"label": "gC m-2 d-1"}, **lim)
         ax.set_title(f"{title}: {name}")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_site_scatter(estimates: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> Path:
@@ -53,11 +58,7 @@ def plot_site_scatter(estimates: dict[str, tuple[np.ndarray, np.ndarray]], path:
         ax.set_xlabel("EC GPP [gC m-2 d-1]")
         ax.set_ylabel("estimated GPP [gC m-2 d-1]")
         ax.set_title(name)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sif_reconstruction(pred: xr.DataArray, tracks: xr.DataArray, path: str | Path, *,
@@ -76,11 +77,7 @@ def plot_sif_reconstruction(pred: xr.DataArray, tracks: xr.DataArray, path: str 
         arr.plot(ax=ax, cmap="YlGn", vmin=0, vmax=vmax,
                  cbar_kwargs={"label": "SIF [mW m-2 nm-1 sr-1]"})
         ax.set_title(f"{title}: {name}")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_gate_use(history: list[dict], path: str | Path, *, title: str = "MoE gates") -> Path:
@@ -106,8 +103,4 @@ def plot_gate_use(history: list[dict], path: str | Path, *, title: str = "MoE ga
         ax.set_ylabel("mean gate weight [1]")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

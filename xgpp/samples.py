@@ -15,6 +15,7 @@ Two sources, one feature kernel (:class:`xgpp.models.features.FeatureSpec`):
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import queue
@@ -366,6 +367,45 @@ class ShuffleBuffer:
 _STOP = object()
 
 
+def put_until_stopped(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Put ``item`` on a bounded queue, giving up (False) once ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def background_items(produce: Any, *, name: str, maxsize: int) -> Iterator[Any]:
+    """Run ``produce(q, stop)`` in a daemon thread and yield what it puts on ``q``.
+
+    The producer ends with :data:`_STOP` or forwards an exception (raised here).  Closing the
+    generator (the consumer stopped early) sets ``stop`` and drains the queue until the
+    producer has exited, so no thread outlives the loop.
+    """
+    q: queue.Queue = queue.Queue(maxsize=maxsize)
+    stop = threading.Event()
+    producer = threading.Thread(target=produce, args=(q, stop), daemon=True, name=name)
+    producer.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _STOP:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                producer.join(timeout=0.05)
+
+
 class GridSamples:
     """Streamed ``(X, y)`` float32 batches of valid grid pixels for pre-training.
 
@@ -523,39 +563,15 @@ class GridSamples:
             Stop after about this many samples (a random subset of chunks).
         """
         rng = np.random.default_rng([self.seed, int(epoch)])
-        q: queue.Queue = queue.Queue(maxsize=self.queue_batches)
-        stop = threading.Event()
-        producer = threading.Thread(target=self._produce, args=(rng, q, stop), daemon=True,
-                                    name="xgpp-grid-samples")
-        producer.start()
         delivered = 0
-        try:
-            while True:
-                item = q.get()
-                if item is _STOP:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+        with contextlib.closing(background_items(
+                lambda q, stop: self._produce(rng, q, stop), name="xgpp-grid-samples",
+                maxsize=self.queue_batches)) as items:
+            for item in items:
                 yield item
                 delivered += len(item[0])
                 if max_samples is not None and delivered >= max_samples:
                     break
-        finally:
-            stop.set()
-            while producer.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    producer.join(timeout=0.05)
-
-    def _put(self, q: queue.Queue, item: Any, stop: threading.Event) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     def _produce(self, rng: np.random.Generator, q: queue.Queue, stop: threading.Event) -> None:
         try:
@@ -578,13 +594,13 @@ class GridSamples:
                 pending_y.clear()
                 n_full = (len(xs) // self.batch_size) * self.batch_size
                 for i in range(0, n_full, self.batch_size):
-                    if not self._put(q, (xs[i:i + self.batch_size], ys[i:i + self.batch_size]),
+                    if not put_until_stopped(q, (xs[i:i + self.batch_size], ys[i:i + self.batch_size]),
                                      stop):
                         return False
                 rest = len(xs) - n_full
                 n_pending = 0
                 if rest and final:
-                    return self._put(q, (xs[n_full:], ys[n_full:]), stop)
+                    return put_until_stopped(q, (xs[n_full:], ys[n_full:]), stop)
                 if rest:
                     pending_x.append(xs[n_full:])
                     pending_y.append(ys[n_full:])
@@ -620,6 +636,6 @@ class GridSamples:
             else:
                 emit(np.empty((0, self.spec.n_features), np.float32),
                      np.empty((0, 1), np.float32), final=True)
-            self._put(q, _STOP, stop)
+            put_until_stopped(q, _STOP, stop)
         except BaseException as err:  # noqa: BLE001 - forwarded to the consumer
-            self._put(q, err, stop)
+            put_until_stopped(q, err, stop)

@@ -24,6 +24,7 @@ from xgpp._strings import as_str
 
 __all__ = [
     "Fold",
+    "split_parts",
     "LeaveIGBPOut",
     "SiteKFold",
     "SpatialBlocks",
@@ -273,6 +274,23 @@ class SpatialBlocks(_Splitter):
 _SPLITTERS: dict[str, type] = {c.kind: c for c in (SiteKFold, LeaveIGBPOut, SpatialBlocks)}
 _ALIASES = {"site": "site-kfold", "sites": "site-kfold", "kfold": "site-kfold",
             "igbp": "igbp", "class": "igbp", "blocks": "blocks", "spatial": "blocks"}
+
+
+def split_parts(split: str | None) -> tuple[str | None, str | None]:
+    """``(site part, tracks part)`` of a split spec such as ``"site-kfold:k=5,fold=0;tracks:k=5"``.
+
+    Parts are separated by ``;``; the one starting with ``tracks`` holds out SIF track
+    segments (:func:`xgpp.tracks.parse_track_split`), the other holds out sites.  Either may be
+    absent (None); more than one of a kind raises.
+    """
+    parts = [p.strip() for p in (split or "").split(";") if p.strip()]
+    tracks = [p for p in parts if p.startswith("tracks")]
+    site = [p for p in parts if not p.startswith("tracks")]
+    for kind, found in (("site", site), ("track", tracks)):
+        if len(found) > 1:
+            raise ValueError(f"split={split!r} names {len(found)} {kind} splits ({found}); give "
+                             "at most one site split and one 'tracks:...' part, joined by ';'.")
+    return (site[0] if site else None), (tracks[0] if tracks else None)
 
 
 def parse_split(spec: str) -> tuple[SiteKFold | LeaveIGBPOut | SpatialBlocks, int]:

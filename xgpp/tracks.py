@@ -30,6 +30,7 @@ Mixed batches
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import queue
@@ -46,7 +47,7 @@ import pandas as pd
 import xarray as xr
 
 from xgpp.models.features import FeatureSpec, columns_from_dataset
-from xgpp.samples import ShuffleBuffer, store_chunks
+from xgpp.samples import _STOP, ShuffleBuffer, background_items, put_until_stopped, store_chunks
 
 __all__ = [
     "BATCH_KEYS",
@@ -593,7 +594,6 @@ def validation_segments(ids: np.ndarray, fraction: float, seed: int) -> np.ndarr
 # --------------------------------------------------------------------------------------------
 # mixed batches
 # --------------------------------------------------------------------------------------------
-_STOP = object()
 
 
 def _stochastic_round(v: float, rng: np.random.Generator) -> int:
@@ -964,38 +964,15 @@ class MixedSamples:
         if self.weight == "count":
             _ = self.count_mean  # once, before the threads start
         rng = np.random.default_rng([self.seed, int(epoch)])
-        q: queue.Queue = queue.Queue(maxsize=max(2, 2 * self.prefetch))
-        stop = threading.Event()
-        producer = threading.Thread(target=self._produce, args=(int(epoch), rng, q, stop),
-                                    daemon=True, name="xgpp-mixed-samples")
-        producer.start()
-        n = 0
-        try:
-            while max_batches is None or n < max_batches:
-                item = q.get()
-                if item is _STOP:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+        if max_batches is not None and max_batches < 1:
+            return
+        with contextlib.closing(background_items(
+                lambda q, stop: self._produce(int(epoch), rng, q, stop),
+                name="xgpp-mixed-samples", maxsize=max(2, 2 * self.prefetch))) as items:
+            for n, item in enumerate(items, start=1):
                 yield item
-                n += 1
-        finally:
-            stop.set()
-            while producer.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    producer.join(timeout=0.05)
-
-    @staticmethod
-    def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+                if max_batches is not None and n >= max_batches:
+                    break
 
     @staticmethod
     def _batch(x: np.ndarray, meta: np.ndarray) -> dict[str, np.ndarray]:
@@ -1052,13 +1029,13 @@ class MixedSamples:
                 pending.clear()
                 n_full = (len(xs) // self.batch_size) * self.batch_size
                 for i in range(0, n_full, self.batch_size):
-                    if not self._put(q, self._batch(xs[i:i + self.batch_size],
+                    if not put_until_stopped(q, self._batch(xs[i:i + self.batch_size],
                                                     ms[i:i + self.batch_size]), stop):
                         return False
                 n_pending = len(xs) - n_full
                 if n_pending and final:
                     n_pending = 0
-                    return self._put(q, self._batch(xs[n_full:], ms[n_full:]), stop)
+                    return put_until_stopped(q, self._batch(xs[n_full:], ms[n_full:]), stop)
                 if n_pending:
                     pending.append((xs[n_full:], ms[n_full:]))
                 return True
@@ -1104,9 +1081,9 @@ class MixedSamples:
             elif not emit(np.empty((0, self.spec.n_features), np.float32),
                           np.empty((0, _N_META), np.float32), final=True):
                 return
-            self._put(q, _STOP, stop)
+            put_until_stopped(q, _STOP, stop)
         except BaseException as err:  # noqa: BLE001 - forwarded to the consumer
-            self._put(q, err, stop)
+            put_until_stopped(q, err, stop)
 
     # ---- in-memory arrays for validation and scoring
     def track_arrays(self, use: np.ndarray, *, max_samples: int | None = None

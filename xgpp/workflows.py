@@ -179,11 +179,10 @@ def multitask_scores(model: Any, *, drivers: xr.Dataset, sites: xr.Dataset, sif:
 
     from xgpp.evaluate import pair_scores
     from xgpp.samples import SampleExclusionWarning, site_samples
-    from xgpp.splits import parse_split
+    from xgpp.splits import parse_split, split_parts
     from xgpp.tracks import MixedSamples, TrackIndex, parse_track_split
 
-    parts = [p.strip() for p in split.split(";") if p.strip()]
-    site_spec = next((p for p in parts if not p.startswith("tracks")), None)
+    site_spec, track_spec = split_parts(split)
     out: dict[str, Any] = {"model": model.id, "method": model.method}
     cols = list(model.outputs)
     if "gpp" in cols and site_spec is not None:
@@ -199,7 +198,6 @@ def multitask_scores(model: Any, *, drivers: xr.Dataset, sites: xr.Dataset, sif:
         pred = model.predict_numpy(x)[:, cols.index("gpp")]
         out["gpp_sites"] = {**pair_scores(pred, s["gpp"].values[ok]), "n": int(ok.sum()),
                             "n_sites": len(test)}
-    track_spec = next((p for p in parts if p.startswith("tracks")), None)
     if "sif" in cols and track_spec is not None:
         index = TrackIndex.build(sif, drivers, var=var)
         splitter, k = parse_track_split(track_spec)

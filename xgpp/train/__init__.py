@@ -22,7 +22,7 @@ from typing import Any
 import xarray as xr
 
 from xgpp.models._format import versions
-from xgpp.splits import Fold, parse_split
+from xgpp.splits import Fold, parse_split, split_parts
 from xgpp.train.config import LoaderConfig, PhaseConfig, TrainConfig
 from xgpp.train.context import TrainContext
 from xgpp.train.loop import Progress, resolve_device
@@ -58,23 +58,11 @@ def _signature(ds: xr.Dataset | None) -> dict[str, Any] | None:
 
 
 def _track_part(split: Fold | str | None) -> str | None:
-    """The ``tracks:`` part of a split spec, or None."""
-    if not isinstance(split, str):
-        return None
-    parts = [p.strip() for p in split.split(";") if p.strip().startswith("tracks")]
-    return parts[0] if parts else None
+    return split_parts(split)[1] if isinstance(split, str) else None
 
 
 def _site_part(split: Fold | str | None) -> Fold | str | None:
-    """The site part of a split spec (``"site-kfold:k=5,fold=0;tracks:k=5,fold=1"``)."""
-    if not isinstance(split, str):
-        return split
-    parts = [p.strip() for p in split.split(";") if p.strip()]
-    site = [p for p in parts if not p.startswith("tracks")]
-    if len(site) > 1:
-        raise ValueError(f"split={split!r} names {len(site)} site splits ({site}); give one, "
-                         "optionally with one 'tracks:...' part after a ';'.")
-    return site[0] if site else None
+    return split_parts(split)[0] if isinstance(split, str) else split
 
 
 def _resolve_fold(split: Fold | str | None, sites: xr.Dataset | None) -> Fold | None:

@@ -64,14 +64,23 @@ class SiteSplit:
         return {"x": self.x_val, "y": self.normalise(self.y_val)}
 
 
+def sample_classes(samples) -> np.ndarray:
+    """IGBP class number of each site sample (its ``igbp`` input, else its tower's code)."""
+    from xgpp.landcover import code_to_class
+
+    if "igbp" in samples:
+        return samples["igbp"].values.astype(int)
+    if "igbp_code" in samples.coords:
+        return code_to_class(as_str(samples["igbp_code"].values)).astype(int)
+    return np.zeros(samples.sizes["sample"], int)
+
+
 def _site_arrays(samples: xr.Dataset, spec: FeatureSpec, ids: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sel = samples.isel(sample=np.flatnonzero(np.isin(as_str(samples["site"].values), ids)))
     cols = columns_from_dataset(sel, spec.inputs)
     x = spec.transform(cols)
     y = np.asarray(sel["gpp"].values, np.float32)[:, None]
-    from xgpp.train.methods._multitask import sample_classes
-
     cls_ = sample_classes(sel)
     return x, y, cls_
 

@@ -22,6 +22,7 @@ from torch import nn
 from xgpp._strings import as_str
 from xgpp.models.moe import GateStats
 from xgpp.sif_gpp import fit_relation, slope_bounds
+from xgpp.splits import split_parts
 from xgpp.tracks import (
     MixedSamples,
     TrackIndex,
@@ -29,6 +30,7 @@ from xgpp.tracks import (
     segment_ids,
     validation_segments,
 )
+from xgpp.train.context import sample_classes
 from xgpp.train.losses import masked_mse, physics_residual
 
 __all__ = ["Relation", "TrackData", "gate_forward", "multitask_loss", "prepare"]
@@ -95,15 +97,6 @@ class TrackData:
     track_fold: Any
 
 
-def _track_part(split: str | None) -> str | None:
-    if not split:
-        return None
-    parts = [p.strip() for p in split.split(";") if p.strip().startswith("tracks")]
-    if len(parts) > 1:
-        raise ValueError(f"split={split!r} names {len(parts)} track splits; give one.")
-    return parts[0] if parts else None
-
-
 def _tower_pairs(ctx, index: TrackIndex, test: np.ndarray) -> tuple[np.ndarray, ...]:
     """SIF soundings at training towers' cells and dates, with the towers' GPP and class.
 
@@ -134,17 +127,6 @@ def _tower_pairs(ctx, index: TrackIndex, test: np.ndarray) -> tuple[np.ndarray, 
     here = np.ravel_multi_index((np.clip(ti, 0, None), yi, xi), shape)
     vals = np.where(np.isin(here, held), np.nan, vals)
     return vals, samples["gpp"].values.astype(float), sample_classes(samples)
-
-
-def sample_classes(samples) -> np.ndarray:
-    """IGBP class number of each site sample (its ``igbp`` input, else its tower's code)."""
-    from xgpp.landcover import code_to_class
-
-    if "igbp" in samples:
-        return samples["igbp"].values.astype(int)
-    if "igbp_code" in samples.coords:
-        return code_to_class(as_str(samples["igbp_code"].values)).astype(int)
-    return np.zeros(samples.sizes["sample"], int)
 
 
 def _sounding_moments(ctx, index: TrackIndex, use: np.ndarray, var: str) -> tuple[float, float]:
@@ -180,7 +162,7 @@ def prepare(ctx, *, relation: bool = True) -> TrackData:
     index = TrackIndex.build(ctx.sif, ctx.drivers, var=cfg.sif_var)
     lat, lon = ctx.drivers["lat"].values, ctx.drivers["lon"].values
     ids = segment_ids(index, lat, lon, segment=mt.segment)
-    spec = _track_part(ctx.split)
+    spec = split_parts(ctx.split)[1]
     fold = None
     if spec is not None:
         splitter, k = parse_track_split(spec)

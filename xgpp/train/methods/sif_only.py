@@ -15,6 +15,25 @@ from xgpp.train.methods._mlp import new_mlp, release
 from xgpp.train.methods._pretrain import pretrain_on_sif
 
 
+def sif_conversion(ctx, net: torch.nn.Module, sif_scale: tuple[float, float], *,
+                   with_sif: bool = False) -> tuple[SIFLinear, dict]:
+    """``GPP = slope[igbp] * SIF`` on a trained SIF network, slopes fitted at the sites.
+
+    Every training site (fitting and validation) contributes the network's SIF and its GPP.
+    """
+    cfg, s = ctx.config, ctx.site_split
+    module = SIFLinear(release(net), ctx.spec, with_sif=with_sif)
+    module.sif_mean.fill_(sif_scale[0])
+    module.sif_std.fill_(sif_scale[1])
+    with torch.inference_mode():
+        sif_sites = module.sif(torch.from_numpy(np.concatenate([s.x_fit, s.x_val]))).numpy()
+    slopes, info = fit_sif_slopes(
+        sif_sites, np.concatenate([s.y_fit, s.y_val])[:, 0], np.concatenate([s.cls_fit, s.cls_val]),
+        per_class=cfg.sif_conversion == "igbp", min_samples=cfg.min_class_samples)
+    module.slopes.copy_(torch.from_numpy(slopes.astype(np.float32)))
+    return module, info
+
+
 @register_method("sif-only", needs_sites=True, sif_product="sif_tropomi",
                  description="SIF network + linear SIF -> GPP slope (global or per IGBP class) "
                              "fitted at the training sites",
@@ -22,20 +41,12 @@ from xgpp.train.methods._pretrain import pretrain_on_sif
                                   "min_class_samples", "site_window", "igbp_from", "sif_var"))
 def fit(ctx):
     """Pre-train on SIF, then fit ``GPP = slope[igbp] * SIF`` at every training site."""
-    cfg, s = ctx.config, ctx.site_split
+    cfg = ctx.config
     net = new_mlp(ctx)
     set_trainable(net, "pretrain")
     s_mean, s_std = pretrain_on_sif(ctx, net)
     ctx.provenance["history"] = ctx.history
-    module = SIFLinear(release(net), ctx.spec)
-    module.sif_mean.fill_(s_mean)
-    module.sif_std.fill_(s_std)
-    with torch.inference_mode():
-        sif_fit = module.sif(torch.from_numpy(np.concatenate([s.x_fit, s.x_val]))).numpy()
-    slopes, info = fit_sif_slopes(
-        sif_fit, np.concatenate([s.y_fit, s.y_val])[:, 0], np.concatenate([s.cls_fit, s.cls_val]),
-        per_class=cfg.sif_conversion == "igbp", min_samples=cfg.min_class_samples)
-    module.slopes.copy_(torch.from_numpy(slopes.astype(np.float32)))
+    module, info = sif_conversion(ctx, net, (s_mean, s_std))
     # GPP >= 0: the same softplus floor as the trained methods (slopes are fitted on the raw
     # SIF; the floor only changes predictions where slope * SIF < ~2 gC m-2 d-1)
     floored = NonNegative(module, [1.0], [0.0], [0]).eval()

@@ -9,15 +9,12 @@ third GPP estimate), so its bundle predicts both ``sif`` and ``gpp``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from xgpp.models.base import OUTPUTS
-from xgpp.models.baselines import SIFLinear, fit_sif_slopes
 from xgpp.models.bundle import TorchModel
 from xgpp.models.outputs import NonNegative
 from xgpp.train.methods import register_method
-from xgpp.train.methods._mlp import release
 from xgpp.train.methods._multitask import (
     GateMonitor,
     epoch_batches,
@@ -29,6 +26,7 @@ from xgpp.train.methods._multitask import (
     validation_rows,
 )
 from xgpp.train.methods.moe import build_moe, last_utilisation, moe_model
+from xgpp.train.methods.sif_only import sif_conversion
 
 _SECTIONS = ("features", "moe", "multitask", "val_sites", "site_window", "igbp_from", "sif_var")
 
@@ -64,7 +62,6 @@ def fit_sif(ctx):
     """Train a SIF-only MMoE on the fitting soundings, then fit GPP/SIF slopes at the sites."""
     cfg, mt = ctx.config, ctx.config.multitask
     data = prepare(ctx, relation=False)
-    s = ctx.site_split
     tasks = ("sif",)
     share = mt.proportions[0] / sum(mt.proportions)
     rows = None if mt.phase.samples_per_epoch is None else int(mt.phase.samples_per_epoch * share)
@@ -78,15 +75,7 @@ def fit_sif(ctx):
         "single-sif", net, mt.phase, batches=epoch_batches(stream, ctx, rows), val=val,
         loss=loss, forward=gate_forward, monitors={"gates": GateMonitor(tasks)})
     ctx.provenance["history"] = ctx.history
-    module = SIFLinear(release(net), ctx.spec, with_sif=True)
-    module.sif_mean.fill_(data.sif_mean)
-    module.sif_std.fill_(data.sif_std)
-    with torch.inference_mode():
-        sif_sites = module.sif(torch.from_numpy(np.concatenate([s.x_fit, s.x_val]))).numpy()
-    slopes, info = fit_sif_slopes(
-        sif_sites, np.concatenate([s.y_fit, s.y_val])[:, 0], np.concatenate([s.cls_fit, s.cls_val]),
-        per_class=cfg.sif_conversion == "igbp", min_samples=cfg.min_class_samples)
-    module.slopes.copy_(torch.from_numpy(slopes.astype(np.float32)))
+    module, info = sif_conversion(ctx, net, (data.sif_mean, data.sif_std), with_sif=True)
     scale, offset = [data.sif_std, 1.0], [data.sif_mean, 0.0]
     floored = NonNegative(module, scale, offset, [1]).eval()
     model = TorchModel(floored, ctx.spec, outputs={t: dict(OUTPUTS[t]) for t in ("sif", "gpp")},
