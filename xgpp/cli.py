@@ -102,6 +102,42 @@ def demo(
     run_demo(out, resolution=resolution, years=years, cluster=cluster)
 
 
+@app.command()
+def experiment(
+    out: Annotated[str, typer.Option(help="Folder for worlds, runs, metrics and the report.")] = "xgpp-experiment",
+    catalog: Annotated[str | None, typer.Option(help="Run on this catalog instead of twin worlds.")] = None,
+    config: Annotated[str | None, typer.Option(help="JSON file with ExperimentConfig fields.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Every method and split once on a tiny world (minutes).")] = False,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0,1,2).")] = None,
+    worlds: Annotated[str | None, typer.Option(help="Comma-separated world variants.")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: the whole registry).")] = None,
+    resolution: Annotated[float | None, typer.Option(help="World grid spacing [degree].")] = None,
+    years: Annotated[int | None, typer.Option(help="World record length [years], ending 2020.")] = None,
+    parallel: Annotated[int | None, typer.Option(help="Runs in flight at once (processes).")] = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Rewrite the report from finished runs; run nothing.")] = False,
+) -> None:
+    """Does each method do what the study claims? Every registry method, split, seed and world."""
+    from xgpp.experiment import ExperimentConfig, run_experiment
+
+    changes: dict = {}
+    if seeds:
+        changes["seeds"] = tuple(int(s) for s in seeds.split(","))
+    if worlds:
+        changes["worlds"] = tuple(w.strip() for w in worlds.split(","))
+    if methods:
+        changes["methods"] = tuple(m.strip() for m in methods.split(","))
+    for key, val in (("resolution", resolution), ("years", years), ("parallel", parallel)):
+        if val is not None:
+            changes[key] = val
+    if config:
+        base = ExperimentConfig.from_file(config)
+        cfg = base.replace(**changes) if not quick else ExperimentConfig.quick_config(
+            **{**base.to_dict(), **changes, "quick": True})
+    else:
+        cfg = ExperimentConfig.quick_config(**changes) if quick else ExperimentConfig(**changes)
+    run_experiment(out, config=cfg, catalog=catalog, run=not report_only)
+
+
 @app.command("compare-multitask")
 def compare_multitask(
     out: Annotated[str, typer.Option(help="Folder for the world, models, results and plots.")] = "xgpp-multitask",
