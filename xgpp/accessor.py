@@ -7,9 +7,14 @@ variable called ``gpp`` is reached with ``ds["gpp"]``, not ``ds.gpp``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from xgpp.models.base import Model
 
 __all__ = ["GPPDatasetAccessor"]
 
@@ -23,25 +28,38 @@ class GPPDatasetAccessor:
     def __init__(self, ds: xr.Dataset) -> None:
         self._obj = ds
 
-    def check(self, model: Any) -> None:
-        """Raise a clear error if this dataset cannot feed ``model`` (variables, units, grid)."""
+    def check(self, model: Model | Sequence[Model]) -> None:
+        """Raise a clear error if this dataset cannot feed ``model`` (variables, units, grid).
+
+        ``model`` may be a list of models (an ensemble): every member is checked.
+        """
         from xgpp.predict import check_inputs
 
         check_inputs(self._obj, model)
 
-    def predict(self, model: Any, *, batch_size: int | None = None, device: str = "auto",
-                outputs: list[str] | None = None, precision: str = "float32") -> xr.Dataset:
-        """Lazy prediction of every model output on this grid; see :func:`xgpp.predict.predict`."""
+    def predict(self, model: Model | Sequence[Model], *, batch_size: int | None = None,
+                device: str = "auto", outputs: list[str] | None = None,
+                precision: str = "float32") -> xr.Dataset:
+        """Lazy prediction of every model output on this grid; see :func:`xgpp.predict.predict`.
+
+        ``model`` is a trained model, or a list of them (an ensemble): then each output ``v``
+        is the ensemble mean and ``v_std`` the spread (population standard deviation over the
+        members), predicted in one pass over the data.
+        """
         from xgpp.predict import predict
 
         return predict(self._obj, model, batch_size=batch_size, device=device, outputs=outputs,
                        precision=precision)
 
-    def to_zarr(self, model: Any, url: str, *, storage_options: dict | None = None,
-                batch_size: int | None = None, device: str = "auto",
+    def to_zarr(self, model: Model | Sequence[Model], url: str, *,
+                storage_options: dict | None = None, batch_size: int | None = None,
+                device: str = "auto",
                 outputs: list[str] | None = None, precision: str = "float32",
                 overwrite: bool = False, progress: bool = True) -> str:
-        """Predict and stream to a Zarr store, resumably; see :func:`xgpp.predict.write_prediction`."""
+        """Predict and stream to a Zarr store, resumably; see :func:`xgpp.predict.write_prediction`.
+
+        ``model`` may be a list of models (an ensemble), as for :meth:`predict`.
+        """
         from xgpp.predict import write_prediction
 
         return write_prediction(self._obj, model, url, storage_options=storage_options,

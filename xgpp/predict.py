@@ -1,6 +1,7 @@
 """Streaming inference: apply a trained model to a (lazy) driver cube, chunk by chunk.
 
-Layers: :func:`_predict_block` is the numpy/torch kernel for one chunk; :func:`predict` is the
+Layers: :func:`_predict_block` (one model) and :func:`_ensemble_block` (every member of an
+ensemble on the same chunk) are the numpy/torch kernels for one chunk; :func:`predict` is the
 xarray/dask wrapper returning a lazy Dataset; :func:`write_prediction` streams it to Zarr,
 resumably.  ``ds.gpp.predict`` and ``xgpp predict`` are thin front doors over these.
 """
@@ -12,7 +13,7 @@ import functools
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,13 +62,19 @@ def _auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_inputs(ds: xr.Dataset, model: Model) -> tuple[list[str], list[str]]:
+def check_inputs(ds: xr.Dataset, model: Model | Sequence[Model]
+                 ) -> tuple[list[str], list[str]]:
     """Check ``ds`` against the model before any compute; return (time-varying, static) inputs.
 
     Raises a clear error for a missing input, wrong units or dims (from ``model.check``), a grid
     that is not xgpp's convention (descending latitude, longitudes in 0..360), or time-varying
-    inputs whose dask chunks do not line up.
+    inputs whose dask chunks do not line up.  For an ensemble (a list or tuple of models) every
+    member is checked, a failing member's error gains a note naming it (index and id), and the
+    union of the members' inputs is returned.
     """
+    members = _members(model)
+    if members is not None:
+        return _check_ensemble(ds, members)
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"predict needs an xarray.Dataset of drivers, got {type(ds).__name__}.")
     model.check(ds)
@@ -100,6 +107,12 @@ def check_inputs(ds: xr.Dataset, model: Model) -> tuple[list[str], list[str]]:
         if ds[n].dims != _DIMS:
             raise ValueError(f"variable {n!r} has dims {ds[n].dims}, expected {_DIMS}; "
                              f"use ds[{n!r}].transpose('time', 'lat', 'lon').")
+    _check_chunks(ds, varying)
+    return varying, static
+
+
+def _check_chunks(ds: xr.Dataset, varying: list[str]) -> None:
+    """Every dask-backed time-varying input must share one chunking."""
     chunked = [n for n in varying if ds[n].chunks is not None]
     if chunked:
         ref = ds[chunked[0]].chunks
@@ -111,11 +124,131 @@ def check_inputs(ds: xr.Dataset, model: Model) -> tuple[list[str], list[str]]:
                     "input must share one chunking. Rechunk with ds.chunk({'time': T, 'lat': Y, "
                     "'lon': X}) or ds.unify_chunks()."
                 )
-    return varying, static
 
 
 def _fmt_chunks(chunks: tuple) -> str:
     return "x".join(str(c[0]) for c in chunks)
+
+
+# ----------------------------------------------------------------------------- ensembles
+#: What an ensemble member must have to be applied (the :class:`Model` members the kernel uses)
+_MODEL_API = ("inputs", "outputs", "id", "sha256", "check", "features", "predict_numpy")
+
+
+def _members(model: Any) -> list[Model] | None:
+    """The members of an ensemble (``model`` a list or tuple of models), or None for one model.
+
+    Raises a ValueError naming the item for an empty ensemble or an item that is not a model.
+    """
+    if not isinstance(model, list | tuple):
+        return None
+    if not model:
+        raise ValueError("the ensemble is empty: predict needs at least one model (pass a "
+                         "model, or a list of models such as [xgpp.load_model(p) for p in "
+                         "paths]).")
+    for i, m in enumerate(model):
+        missing = [a for a in _MODEL_API if not hasattr(m, a)]
+        if missing:
+            raise ValueError(
+                f"ensemble member {i} is a {type(m).__name__} ({_short(m)}), not an xgpp "
+                f"model: it lacks {missing}. Every member must be a trained bundle "
+                "(xgpp.load_model(path), or what xgpp.train returns)."
+            )
+    return list(model)
+
+
+def _short(obj: Any, n: int = 60) -> str:
+    text = repr(obj)
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def _check_ensemble(ds: xr.Dataset, members: list[Model]) -> tuple[list[str], list[str]]:
+    """:func:`check_inputs` for every member; return the union of (time-varying, static) inputs.
+
+    A failing member's error keeps its type and message and gains a note naming the member
+    (index and id).  The union of the members' time-varying inputs must share one chunking.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"predict needs an xarray.Dataset of drivers, got {type(ds).__name__}.")
+    varying: list[str] = []
+    static: list[str] = []
+    for i, m in enumerate(members):
+        try:
+            v, st = check_inputs(ds, m)
+        except (KeyError, ValueError, TypeError) as err:
+            err.add_note(f"in ensemble member {i} of {len(members)} ({m.id})")
+            raise
+        varying += [n for n in v if n not in varying]
+        static += [n for n in st if n not in static]
+    _check_chunks(ds, varying)
+    return varying, static
+
+
+def _ensemble_inputs(members: Sequence[Model]) -> list[str]:
+    """The union of the members' inputs, in order of first use."""
+    names: list[str] = []
+    for m in members:
+        names += [n for n in m.inputs if n not in names]
+    return names
+
+
+def _ensemble_outputs(members: Sequence[Model], outputs: list[str] | None) -> list[str]:
+    """The outputs every member predicts (``outputs`` if given); members must agree on units."""
+    first = list(members[0].outputs)
+    if outputs is None:
+        for i, m in enumerate(members[1:], start=1):
+            names = list(m.outputs)
+            if set(names) != set(first):
+                common = [o for o in first if o in names]
+                raise ValueError(
+                    f"ensemble members must predict the same outputs: member 0 "
+                    f"({members[0].id}) predicts {first}, member {i} ({m.id}) predicts "
+                    f"{names} (lacks {[o for o in first if o not in names]}, has extra "
+                    f"{[o for o in names if o not in first]}). Pass outputs={common} to "
+                    "predict what every member has, or drop the member."
+                )
+        wanted = first
+    else:
+        wanted = list(outputs)
+        if not wanted:
+            raise ValueError(f"outputs={outputs!r} selects nothing; member 0 "
+                             f"({members[0].id}) has outputs {first} (leave outputs=None "
+                             "for all).")
+        for i, m in enumerate(members):
+            lacking = [o for o in wanted if o not in m.outputs]
+            if lacking:
+                raise ValueError(f"ensemble member {i} ({m.id}) has outputs "
+                                 f"{list(m.outputs)}; {lacking} requested.")
+    for o in wanted:
+        units = members[0].outputs[o].get("units")
+        for i, m in enumerate(members[1:], start=1):
+            if m.outputs[o].get("units") != units:
+                raise ValueError(
+                    f"ensemble members disagree on the units of {o!r}: member 0 "
+                    f"({members[0].id}) gives {units!r}, member {i} ({m.id}) gives "
+                    f"{m.outputs[o].get('units')!r}; an ensemble averages one quantity."
+                )
+    return wanted
+
+
+def _feature_groups(members: Sequence[Model]) -> list[int]:
+    """Per member, the index of its featurisation (a chunk is featurised once per index).
+
+    Members of one class and one feature spec (seeds of one method, say) share one.
+    """
+    keys: list[Any] = []
+    groups = []
+    for i, m in enumerate(members):
+        spec = getattr(m, "spec", None)
+        if hasattr(spec, "to_dict"):
+            key: Any = (type(m).__module__, type(m).__qualname__,
+                        json.dumps(spec.to_dict(), sort_keys=True, default=str))
+        else:
+            key = ("member", i)
+        if key not in keys:
+            keys.append(key)
+        groups.append(keys.index(key))
+    return groups
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -159,6 +292,18 @@ def _torch_threads() -> Iterator[int]:
                 torch.set_num_threads(_THREADS_STATE["saved"])
 
 
+def _chunk_dataset(arrays: Sequence[np.ndarray], varying: list[str], static: list[str],
+                   lat: np.ndarray, lon: np.ndarray, block_info: Any) -> xr.Dataset:
+    """One chunk's input arrays as a small in-memory Dataset on its part of the grid."""
+    shape = arrays[0].shape
+    loc = block_info[0]["array-location"] if block_info else [(0, s) for s in shape]
+    (y0, y1), (x0, x1) = loc[1], loc[2]
+    nv = len(varying)
+    data = {n: (_DIMS, b) for n, b in zip(varying, arrays[:nv], strict=True)}
+    data |= {n: (("lat", "lon"), b) for n, b in zip(static, arrays[nv:], strict=True)}
+    return xr.Dataset(data, coords={"lat": lat[y0:y1], "lon": lon[x0:x1]})
+
+
 def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns: list[int],
                    device: str, batch_size: int | None, precision: str, lat: np.ndarray,
                    lon: np.ndarray,
@@ -171,12 +316,7 @@ def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns:
     device = resolve_device(device)
     *arrays, model = blocks
     shape = arrays[0].shape
-    loc = block_info[0]["array-location"] if block_info else [(0, s) for s in shape]
-    (y0, y1), (x0, x1) = loc[1], loc[2]
-    nv = len(varying)
-    data = {n: (_DIMS, b) for n, b in zip(varying, arrays[:nv], strict=True)}
-    data |= {n: (("lat", "lon"), b) for n, b in zip(static, arrays[nv:], strict=True)}
-    chunk = xr.Dataset(data, coords={"lat": lat[y0:y1], "lon": lon[x0:x1]})
+    chunk = _chunk_dataset(arrays, varying, static, lat, lon, block_info)
     out = np.full((len(columns), *shape), np.nan, dtype=np.float32)
     x, valid = model.features(chunk, return_mask=True)
     if x.shape[0]:
@@ -189,17 +329,61 @@ def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns:
     return out
 
 
-def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, device: str = "auto",
-            outputs: list[str] | None = None, precision: str = "float32") -> xr.Dataset:
-    """Apply ``model`` to every (time, lat, lon) pixel of ``ds``, lazily.
+def _ensemble_block(*blocks: Any, varying: list[str], static: list[str],
+                    columns: list[list[int]], groups: list[int], device: str,
+                    batch_size: int | None, precision: str, lat: np.ndarray, lon: np.ndarray,
+                    block_info: Any = None) -> np.ndarray:
+    """Kernel for one chunk of an ensemble: every member on the same loaded chunk.
+
+    ``blocks`` are the time-varying inputs, the static ones, and last the members (one each);
+    ``columns[i]`` are member *i*'s columns of the requested outputs and ``groups[i]`` its
+    featurisation (members sharing one are featurised once).  Mean and population variance
+    over the members accumulate in float64 (Welford), so memory does not grow with the
+    ensemble.  Returns (2 * output, time, lat, lon) float32: mean and standard deviation
+    (ddof=0) of each output in turn, NaN where any member lacks an input.
+    """
+    device = resolve_device(device)
+    n = len(columns)
+    arrays, models = blocks[:-n], blocks[-n:]
+    shape = arrays[0].shape
+    chunk = _chunk_dataset(arrays, varying, static, lat, lon, block_info)
+    n_out, n_pix = len(columns[0]), int(np.prod(shape))
+    mean = np.zeros((n_out, n_pix))
+    m2 = np.zeros((n_out, n_pix))
+    last = {g: i for i, g in enumerate(groups)}  # the last member of each featurisation
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    with _torch_threads():
+        for i, (model, cols, g) in enumerate(zip(models, columns, groups, strict=True)):
+            if g not in cache:
+                cache[g] = model.features(chunk, return_mask=True)
+            x, valid = cache.pop(g) if last[g] == i else cache[g]
+            y = np.full((n_out, n_pix), np.nan)
+            if x.shape[0]:
+                pred = model.predict_numpy(x, device=device, batch_size=batch_size,
+                                           precision=precision)
+                y[:, valid] = pred[:, cols].T
+            delta = y - mean
+            mean += delta / (i + 1)
+            m2 += delta * (y - mean)
+    out = np.empty((2 * n_out, *shape), dtype=np.float32)
+    out[0::2] = mean.reshape(n_out, *shape)
+    out[1::2] = np.sqrt(m2 / n).reshape(n_out, *shape)
+    return out
+
+
+def predict(ds: xr.Dataset, model: Model | Sequence[Model], *, batch_size: int | None = None,
+            device: str = "auto", outputs: list[str] | None = None,
+            precision: str = "float32") -> xr.Dataset:
+    """Apply ``model`` (or an ensemble of models) to every (time, lat, lon) pixel of ``ds``, lazily.
 
     Parameters
     ----------
     ds : xarray.Dataset
         Driver cube with the model's inputs in canonical units (``model.inputs``); dask-backed
         data stay lazy and are streamed chunk by chunk.
-    model : Model
-        A trained model (``xgpp.load_model(path)``).
+    model : Model or list of Model
+        A trained model (``xgpp.load_model(path)``), or a list or tuple of them: an ensemble
+        (seeds and folds of one method, say), predicted in one pass; see Returns.
     batch_size : int, optional
         Rows per forward pass inside a chunk; default by device
         (:data:`xgpp.models.base.DEFAULT_BATCH_SIZE`: 4096 on a CPU, 2**20 on a GPU).
@@ -207,7 +391,8 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.  On a GPU each chunk's rows
         are pinned and copied to the device on a side stream, overlapped with compute.
     outputs : list of str, optional
-        Subset of ``model.outputs`` to return (default: all, e.g. ``gpp`` and ``sif``).
+        Subset of ``model.outputs`` to return (default: all, e.g. ``gpp`` and ``sif``); for
+        an ensemble, outputs every member has.
     precision : {"float32", "bfloat16", "float16"}
         Arithmetic of the forward pass; below float32 it runs under ``torch.autocast`` (mixed
         precision) and is recorded in the output's ``xgpp_precision`` attribute.
@@ -222,10 +407,58 @@ def predict(ds: xr.Dataset, model: Model, *, batch_size: int | None = None, devi
         ``gross_primary_productivity_of_biomass_expressed_as_carbon``; SIF has no CF standard
         name, so ``sif`` has none); the dataset's ``history`` starts with a line giving the UTC
         time, xgpp's version and the model id (the input's ``history`` follows).
+
+        For an ensemble of *N* members, each output ``v`` is the ensemble mean
+        (``cell_methods`` ``"time: mean realization: mean"``, otherwise the attributes of a
+        single model's ``v``) and ``v_std`` the ensemble spread: the population standard
+        deviation over the members, ``sqrt(mean_i (v_i - v)**2)`` (ddof=0, so a one-member
+        ensemble has spread 0), in the units of ``v``, with ``long_name`` ``"ensemble standard
+        deviation of ..."``, ``cell_methods`` ``"time: mean realization: standard_deviation"``
+        and no ``standard_name``.  Both are NaN where any member lacks an input.  Every
+        variable and the dataset carry ``ensemble_size`` (*N*) and ``xgpp_model_ids``; the
+        ``history`` line lists every member's id.  Each chunk is read and featurised once
+        (once per distinct feature spec) and every member runs on it in the same task.  The
+        members must predict the same outputs in the same units (column order may differ),
+        and the cube must hold every member's inputs; members may use different features.
     """
+    members = _members(model)
     varying, static = check_inputs(ds, model)
+    if members is not None:
+        return _build_ensemble(ds, members, varying, static, batch_size=batch_size,
+                               device=device, outputs=outputs, precision=precision)
     return _build(ds, model, varying, static, batch_size=batch_size, device=device,
                   outputs=outputs, precision=precision)
+
+
+def _check_options(precision: str, batch_size: int | None, device: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; choose one of {list(PRECISIONS)}.")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive number of rows, got {batch_size}.")
+    if device != "auto":
+        resolve_device(device)  # a bad name fails here, before any compute
+
+
+def _block_inputs(ds: xr.Dataset, varying: list[str], static: list[str]
+                  ) -> tuple[list[da.Array], list[da.Array], tuple]:
+    """The inputs as dask arrays on one chunking: (time-varying, static, chunks)."""
+    arrays = [da.asarray(ds[n].data) for n in varying]
+    # the first dask-backed input sets the chunks; in-memory inputs (numpy) follow it, and a
+    # cube held wholly in memory is one block
+    chunked = [a for n, a in zip(varying, arrays, strict=True) if ds[n].chunks is not None]
+    target = chunked[0].chunks if chunked else tuple((s,) for s in arrays[0].shape)
+    arrays = [a if a.chunks == target else a.rechunk(target) for a in arrays]
+    chunks = arrays[0].chunks
+    # static (lat, lon) fields: map_blocks broadcasts them along the time blocks
+    statics = [da.asarray(ds[n].transpose("lat", "lon").data).rechunk(chunks[1:]) for n in static]
+    return arrays, statics, chunks
+
+
+def _model_key(model: Model) -> tuple[str, Any]:
+    """The model as one key of the graph (each worker receives it once), and its token."""
+    token = dask.base.tokenize(model.sha256, json.dumps(_model_identity(model),
+                                                        sort_keys=True, default=str))
+    return token, dask.delayed(model, pure=True, name=f"xgpp-model-{token}")
 
 
 def _build(ds: xr.Dataset, model: Model, varying: list[str], static: list[str], *,
@@ -241,26 +474,9 @@ def _build(ds: xr.Dataset, model: Model, varying: list[str], static: list[str], 
     if unknown:
         raise ValueError(f"model {model.id} has outputs {names}; {unknown} requested.")
     columns = [names.index(o) for o in wanted]
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}; choose one of {list(PRECISIONS)}.")
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive number of rows, got {batch_size}.")
-    if device != "auto":
-        resolve_device(device)  # a bad name fails here, before any compute
-
-    arrays = [da.asarray(ds[n].data) for n in varying]
-    # the first dask-backed input sets the chunks; in-memory inputs (numpy) follow it, and a
-    # cube held wholly in memory is one block
-    chunked = [a for n, a in zip(varying, arrays, strict=True) if ds[n].chunks is not None]
-    target = chunked[0].chunks if chunked else tuple((s,) for s in arrays[0].shape)
-    arrays = [a if a.chunks == target else a.rechunk(target) for a in arrays]
-    chunks = arrays[0].chunks
-    # static (lat, lon) fields: map_blocks broadcasts them along the time blocks
-    statics = [da.asarray(ds[n].transpose("lat", "lon").data).rechunk(chunks[1:]) for n in static]
-    # the model enters the graph once, as one key: each worker receives it once
-    model_token = dask.base.tokenize(model.sha256, json.dumps(_model_identity(model),
-                                                              sort_keys=True, default=str))
-    model_key = dask.delayed(model, pure=True, name=f"xgpp-model-{model_token}")
+    _check_options(precision, batch_size, device)
+    arrays, statics, chunks = _block_inputs(ds, varying, static)
+    model_token, model_key = _model_key(model)
     lat, lon = ds["lat"].values, ds["lon"].values
     out = da.map_blocks(
         _predict_block, *arrays, *statics, model_key,
@@ -281,17 +497,57 @@ def _build(ds: xr.Dataset, model: Model, varying: list[str], static: list[str], 
         "xgpp_version": __version__,
         "xgpp_precision": precision,
         "source": f"xgpp.predict with model {model.id}",
+        "history": _history(ds, f"model {model.id}"),
     }
-    history = _history_line(model)
-    if ds.attrs.get("history"):  # CF: the inputs' history goes on, the newest line first
-        history = f"{history}\n{ds.attrs['history']}"
-    attrs["history"] = history
-    result = xr.Dataset(
+    return xr.Dataset(
         {o: (_DIMS, out[k], _output_attrs(o, model)) for k, o in enumerate(wanted)},
         coords={c: ds[c] for c in _DIMS if c in ds.coords},
         attrs={**{k: v for k, v in ds.attrs.items() if k in ("Conventions",)}, **attrs},
     )
-    return result
+
+
+def _build_ensemble(ds: xr.Dataset, members: list[Model], varying: list[str],
+                    static: list[str], *, batch_size: int | None, device: str,
+                    outputs: list[str] | None, precision: str) -> xr.Dataset:
+    """:func:`predict` of an ensemble after :func:`check_inputs`: one kernel for all members."""
+    wanted = _ensemble_outputs(members, outputs)
+    _check_options(precision, batch_size, device)
+    arrays, statics, chunks = _block_inputs(ds, varying, static)
+    keyed = [_model_key(m) for m in members]
+    columns = [[list(m.outputs).index(o) for o in wanted] for m in members]
+    groups = _feature_groups(members)
+    lat, lon = ds["lat"].values, ds["lon"].values
+    out = da.map_blocks(
+        _ensemble_block, *arrays, *statics, *(key for _, key in keyed),
+        varying=varying, static=static, columns=columns, groups=groups, device=device,
+        batch_size=batch_size, precision=precision, lat=lat, lon=lon, new_axis=0,
+        chunks=((2 * len(wanted),), *chunks), dtype=np.float32,
+        meta=np.empty((0, 0, 0, 0), np.float32),
+        # as for one model (see _build): inputs, members (in order) and options
+        name="xgpp-predict-ensemble-" + dask.base.tokenize(
+            [t for t, _ in keyed], varying, static, columns, precision, device, batch_size, lat,
+            lon, [a.name for a in arrays + statics]),
+    )
+    n = len(members)
+    ids = [m.id for m in members]
+    attrs = {
+        "xgpp_model_ids": json.dumps(ids),
+        "xgpp_model_sha256s": json.dumps([m.sha256 for m in members]),
+        "xgpp_model_inputs": json.dumps(_ensemble_inputs(members)),
+        "ensemble_size": n,
+        "xgpp_version": __version__,
+        "xgpp_precision": precision,
+        "source": f"xgpp.predict with an ensemble of {n} models",
+        "history": _history(ds, f"an ensemble of {n} models: {', '.join(ids)}"),
+    }
+    data = {}
+    for k, o in enumerate(wanted):
+        data[o] = (_DIMS, out[2 * k], _ensemble_attrs(o, members))
+        data[f"{o}_std"] = (_DIMS, out[2 * k + 1], _ensemble_attrs(o, members, spread=True))
+    return xr.Dataset(
+        data, coords={c: ds[c] for c in _DIMS if c in ds.coords},
+        attrs={**{k: v for k, v in ds.attrs.items() if k in ("Conventions",)}, **attrs},
+    )
 
 
 def _output_attrs(name: str, model: Model) -> dict[str, str]:
@@ -311,10 +567,43 @@ def _output_attrs(name: str, model: Model) -> dict[str, str]:
     return attrs
 
 
-def _history_line(model: Model) -> str:
-    """One CF ``history`` line: UTC time (ISO 8601), xgpp version, what ran, the model id."""
+def _ensemble_attrs(name: str, members: list[Model], *, spread: bool = False) -> dict[str, Any]:
+    """CF attributes of an ensemble's mean of ``name``, or of its spread (``spread=True``).
+
+    The mean has a single model's attributes (:func:`_output_attrs`) with ``realization:
+    mean`` added to ``cell_methods`` (``realization`` is the CF standard name of the ensemble
+    member axis).  The spread keeps ``units``, gets ``long_name`` "ensemble standard deviation
+    of ...", ``cell_methods`` ``realization: standard_deviation`` and no ``standard_name``.
+    """
+    n = len(members)
+    attrs: dict[str, Any] = _output_attrs(name, members[0])
+    del attrs["xgpp_model_id"]
+    if spread:
+        attrs = {
+            "units": attrs["units"],
+            "long_name": f"ensemble standard deviation of {attrs['long_name']}",
+            "cell_methods": f"{CELL_METHODS} realization: standard_deviation",
+            "comment": f"population standard deviation (ddof=0) of {name!r} over the {n} "
+                       "ensemble members: sqrt(mean((member - ensemble mean)**2))",
+        }
+    else:
+        attrs["cell_methods"] = f"{CELL_METHODS} realization: mean"
+    attrs["ensemble_size"] = n
+    attrs["xgpp_model_ids"] = json.dumps([m.id for m in members])
+    return attrs
+
+
+def _history(ds: xr.Dataset, what: str) -> str:
+    """The output's CF ``history``: a new line for this run, then the inputs' history.
+
+    The new line gives the UTC time (ISO 8601), xgpp's version, what ran and with which
+    model(s) (``what``).
+    """
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{now}: xgpp {__version__} xgpp.predict with model {model.id}"
+    line = f"{now}: xgpp {__version__} xgpp.predict with {what}"
+    if ds.attrs.get("history"):  # CF: the inputs' history goes on, the newest line first
+        line = f"{line}\n{ds.attrs['history']}"
+    return line
 
 
 def _model_identity(model: Model) -> dict:
@@ -324,8 +613,8 @@ def _model_identity(model: Model) -> dict:
 
 
 # ----------------------------------------------------------------------------- resumable write
-def _zarr_regular(ds: xr.Dataset, model: Model, varying: list[str]) -> xr.Dataset:
-    """Rechunk the model's inputs so every output chunk is Zarr-regular.
+def _zarr_regular(ds: xr.Dataset, inputs: list[str], varying: list[str]) -> xr.Dataset:
+    """Rechunk the model's ``inputs`` so every output chunk is Zarr-regular.
 
     Zarr needs equal chunks along a dimension except a shorter last one; a subset of a cube
     (``--start``, ``--bbox``) usually starts mid-chunk.  Each such dimension gets chunks of
@@ -338,24 +627,36 @@ def _zarr_regular(ds: xr.Dataset, model: Model, varying: list[str]) -> xr.Datase
             fix[dim] = max(c)
     if not fix:
         return ds
-    names = [n for n in model.inputs if any(d in ds[n].dims for d in fix)]
+    names = [n for n in inputs if any(d in ds[n].dims for d in fix)]
     return ds.assign({n: ds[n].chunk({d: s for d, s in fix.items() if d in ds[n].dims})
                       for n in names})
 
 
-def _fingerprint(result: xr.Dataset, model: Model, ds: xr.Dataset) -> str:
+def _fingerprint(result: xr.Dataset, model: Model | list[Model], ds: xr.Dataset) -> str:
+    """The identity of a prediction store: model(s), outputs, inputs, options, grid, chunks.
+
+    An ensemble's is over every member's weights and identity, in member order; one model's
+    is unchanged by ensembles (stores written before them resume).
+    """
     import hashlib
 
     t = result["time"].values
+    if isinstance(model, list):
+        inputs = _ensemble_inputs(model)
+        who: dict[str, Any] = {"model": [m.sha256 for m in model],
+                               "model_identity": [_model_identity(m) for m in model]}
+    else:
+        inputs = list(model.inputs)
+        who = {"model": model.sha256, "model_identity": _model_identity(model)}
     desc = {
-        "model": model.sha256, "model_identity": _model_identity(model),
+        **who,
         "outputs": list(result.data_vars),
         # the input data: dask names it deterministically (store path and mtime, selections,
         # rechunking) and hashes in-memory arrays, so this is stable across processes; the
         # device and batch size are left out: resuming on another device, or with a smaller
         # batch after running out of GPU memory, continues the same store
-        "inputs_data": dask.base.tokenize(*(ds[n].variable for n in model.inputs)),
-        "inputs": list(model.inputs),
+        "inputs_data": dask.base.tokenize(*(ds[n].variable for n in inputs)),
+        "inputs": inputs,
         "precision": result.attrs.get("xgpp_precision", "float32"),
         "time": [str(t[0]), str(t[-1]), int(t.size)] if t.size else [],
         "lat": [float(result.lat[0]), float(result.lat[-1]), int(result.lat.size)],
@@ -365,17 +666,20 @@ def _fingerprint(result: xr.Dataset, model: Model, ds: xr.Dataset) -> str:
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options: dict | None = None,
+def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *,
+                     storage_options: dict | None = None,
                      batch_size: int | None = None, device: str = "auto",
                      outputs: list[str] | None = None, precision: str = "float32",
                      overwrite: bool = False, progress: bool = True) -> str:
     """Predict and stream the result to a Zarr v3 store, resumably.
 
     The store is written one time slab (one row of chunks) at a time; each finished slab is
-    recorded in the store's ``xgpp_done_slabs`` attribute.  Run again with the same arguments after an
-    interruption and the finished slabs are skipped; the result is identical to an
+    recorded in the store's ``xgpp_done_slabs`` attribute.  Run again with the same arguments
+    after an interruption and the finished slabs are skipped; the result is identical to an
     uninterrupted run.  The store's ``xgpp_complete`` attribute turns true only when every chunk
-    is written, so a half-written store is never presented as complete.
+    is written, so a half-written store is never presented as complete.  An ensemble (a list
+    of models) writes the mean and spread variables of :func:`predict` in the same one pass per
+    chunk; its store's identity covers every member, in order.
 
     Parameters
     ----------
@@ -398,11 +702,17 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     import fsspec
     import zarr
 
+    members = _members(model)
     varying, static = check_inputs(ds, model)
-    src = _zarr_regular(ds, model, varying)
-    result = _build(src, model, varying, static, batch_size=batch_size, device=device,
-                    outputs=outputs, precision=precision)
-    fp = _fingerprint(result, model, src)
+    inputs = list(model.inputs) if members is None else _ensemble_inputs(members)
+    src = _zarr_regular(ds, inputs, varying)
+    if members is None:
+        result = _build(src, model, varying, static, batch_size=batch_size, device=device,
+                        outputs=outputs, precision=precision)
+    else:
+        result = _build_ensemble(src, members, varying, static, batch_size=batch_size,
+                                 device=device, outputs=outputs, precision=precision)
+    fp = _fingerprint(result, model if members is None else members, src)
     opts = storage_options or {}
     fs, root = fsspec.core.url_to_fs(url, **opts)
     done: set[int] | None = None
@@ -454,27 +764,27 @@ def write_prediction(ds: xr.Dataset, model: Model, url: str, *, storage_options:
     def diagnose(i: int, err: BaseException) -> None:
         from xgpp._chunks import naming_unreadable
 
-        with naming_unreadable(src, list(model.inputs),
+        with naming_unreadable(src, inputs,
                                {"time": slice(int(edges[i]), int(edges[i + 1]))}):
             raise err
 
     _run_slabs(writes, mark, progress=progress, total=len(tchunks), skipped=len(done),
                label=f"predicting {', '.join(result.data_vars)} -> {url}", on_error=diagnose)
     if sum(counts.values()) == 0:
-        raise ValueError(_all_missing_message(src, model, names[0], url))
+        raise ValueError(_all_missing_message(src, inputs, names[0], url))
     group.attrs.update({"xgpp_complete": True})
     return url
 
 
-def _all_missing_message(ds: xr.Dataset, model: Model, output: str, url: str) -> str:
+def _all_missing_message(ds: xr.Dataset, inputs: list[str], output: str, url: str) -> str:
     """Why every predicted pixel is NaN: which inputs hold no finite value (first time slab)."""
     first = ds.isel(time=slice(0, 1)) if "time" in ds.dims else ds
-    empty = [n for n in model.inputs if not bool(first[n].notnull().any().compute())]
+    empty = [n for n in inputs if not bool(first[n].notnull().any().compute())]
     which = (f"inputs {empty} have no finite value in the first time step"
              if empty else "no pixel has every input finite at once (e.g. the land mask and "
              "the drivers do not overlap, or a bbox wholly over the ocean)")
     return (f"every pixel of {output!r} is NaN: {which}. A prediction needs all of "
-            f"{list(model.inputs)} finite at a land pixel. {url} is left marked incomplete "
+            f"{inputs} finite at a land pixel. {url} is left marked incomplete "
             "(xgpp_complete=false).")
 
 
