@@ -6,7 +6,16 @@ import pytest
 import xarray as xr
 
 from xgpp.landcover import IGBP_CODES
-from xgpp.synthetic import VARIANTS, make_world, write_world
+from xgpp.synthetic import VARIANTS, WorldConfig, make_world, write_world
+from xgpp.synthetic.config import SLOPE_SPREAD
+from xgpp.synthetic.physics import (
+    EFFICIENCY_MEAN,
+    Points,
+    seasonal_amplitude,
+    static_state,
+    time_axis,
+    true_state,
+)
 from xgpp.variables import DRIVERS
 
 
@@ -213,6 +222,7 @@ def test_record_before_a_product_window_writes_an_empty_store(tmp_path, product,
     ({"freq": "3H"}, "freq"),
     ({"variant": "martian"}, "unknown world variant"),
     ({"sif_slope": "magic"}, "sif_slope"),
+    ({"slope_spread": "c5"}, "slope_spread='c5' is not a within-class slope spread"),
 ])
 def test_bad_arguments_give_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -224,3 +234,137 @@ def test_unknown_variable_is_a_clear_error(world):
 
     with pytest.raises(KeyError, match="unknown variable 'gpp_total'"):
         get_variable("gpp_total")
+
+
+# ----------------------------------------------------------------------------- golden values
+def test_default_world_keeps_its_values():
+    """Summary statistics of a tiny default world, recorded before the slope-spread variant and
+    the ceiling were added: a changed random stream or kernel shows up here."""
+    w = make_world(resolution=10.0, start="2019-05-01", end="2019-08-31", n_sites=10)
+    with dask.config.set(scheduler="synchronous"):
+        got = [float(np.nansum(w.truth["gpp"].values.astype(float))),
+               float(np.nansum(w.sif_tropomi["sif"].values.astype(float))),
+               float(np.nanmean(w.drivers["tair"].values.astype(float))),
+               float(np.nansum(w.sif_oco2["sif"].values.astype(float))),
+               float(np.nansum(w.sites["gpp"].values.astype(float)))]
+    np.testing.assert_allclose(got, [9142.02938161094, 644.5883911486505, -12.695510496279686,
+                                     320.66947467680757, 631.1635744869709], rtol=1e-9)
+    assert w.config.slope_spread == "none"
+    assert float(np.nanmin(w.truth["sif_slope_factor"])) == 1.0 == float(
+        np.nanmax(w.truth["sif_slope_factor"]))
+
+
+# ----------------------------------------------------------------------------- slope spread
+def _grid_points(resolution):
+    lat = -90.0 + (np.arange(round(180 / resolution)) + 0.5) * resolution
+    lon = -180.0 + (np.arange(round(360 / resolution)) + 0.5) * resolution
+    return Points.grid(lat, lon, resolution)
+
+
+def test_slope_spread_table_covers_every_class():
+    for name, col in SLOPE_SPREAD.items():
+        assert col.shape == (len(IGBP_CODES),), name
+    assert (SLOPE_SPREAD["c4_mean"] <= SLOPE_SPREAD["c4_max"]).all()
+    forests = [IGBP_CODES.index(c) for c in ("ENF", "EBF", "DNF", "DBF", "MF")]
+    assert (SLOPE_SPREAD["c4_max"][forests] == 0).all()  # C4 is herbaceous
+    assert VARIANTS["slope_spread"] == {"slope_spread": "full"}
+
+
+def test_slope_spread_field_is_regional_and_within_class():
+    """C4 grass where it is warm, C3 where it is cool; the factor spreads inside a class with a
+    long correlation length."""
+    pts = _grid_points(2.0)
+    st = static_state(pts, WorldConfig(resolution=2.0, slope_spread="full"))
+    igbp, c4, fac = st["igbp"], st["c4_fraction"], st["sif_slope_factor"]
+    t_warm = st["tmean"] + seasonal_amplitude(pts.lat, st["moist"])
+    gra = igbp == IGBP_CODES.index("GRA")
+    assert c4[gra & (t_warm > 27)].mean() > 0.6
+    assert c4[gra & (t_warm < 17)].mean() < 0.15
+    assert (c4[np.isin(igbp, [1, 2, 3, 4, 5])] == 0).all()
+    for code in ("CRO", "GRA", "ENF"):
+        m = igbp == IGBP_CODES.index(code)
+        assert np.log(fac[m]).std() > 0.08, code  # slopes vary inside the class
+    # spatially correlated: east-west neighbours (2 degrees apart) nearly share their factor
+    grid = np.log(fac).reshape(90, 180)
+    veg = (st["land"] & ~np.isin(igbp, [0, 13, 15])).reshape(90, 180)
+    both = veg[:, :-1] & veg[:, 1:]
+    assert np.corrcoef(grid[:, :-1][both], grid[:, 1:][both])[0, 1] > 0.7
+    # the parts: "c3c4" leaves forests at exactly 1, "structure" does not vary with C4 share
+    c3c4 = static_state(pts, WorldConfig(resolution=2.0, slope_spread="c3c4"))
+    assert (c3c4["sif_slope_factor"][np.isin(igbp, [1, 2, 3, 4, 5])] == 1.0).all()
+    structure = static_state(pts, WorldConfig(resolution=2.0, slope_spread="structure"))
+    np.testing.assert_allclose(structure["sif_slope_factor"] * c3c4["sif_slope_factor"], fac)
+
+
+def test_slope_spread_changes_the_sif_conversion_only():
+    """Same world with the variant: drivers, truth GPP, ceiling and sites identical; SIF is the
+    default SIF divided by the static factor (a pixel property, the same at every step)."""
+    kw = dict(resolution=10.0, start="2019-06-01", end="2019-07-31", n_sites=10)
+    a, b = make_world(**kw), make_world(**kw, variant="slope_spread")
+    with dask.config.set(scheduler="synchronous"):
+        for name in ("drivers", "sites"):
+            xr.testing.assert_identical(a.datasets[name].drop_attrs().compute(),
+                                        b.datasets[name].drop_attrs().compute())
+        ta, tb = a.truth.compute(), b.truth.compute()
+    xr.testing.assert_equal(ta[["gpp", "gpp_ceiling"]], tb[["gpp", "gpp_ceiling"]])
+    factor = tb["sif_slope_factor"]
+    assert factor.dims == ("lat", "lon")
+    np.testing.assert_array_equal(factor.notnull().values, ta["gpp"].isel(time=0).notnull().values)
+    assert float(factor.std()) > 0.05
+    # true SIF: the variant's is the default's divided by the factor, at every step
+    cfg_a, cfg_b = a.config, b.config
+    pts = Points.grid(a.truth.lat.values, a.truth.lon.values, cfg_a.resolution)
+    times = time_axis(cfg_a.start, cfg_a.end, cfg_a.freq)
+    st_a, st_b = static_state(pts, cfg_a), static_state(pts, cfg_b)
+    sa = true_state(times, pts, st_a, cfg_a)["sif"]
+    sb = true_state(times, pts, st_b, cfg_b)["sif"]
+    ok = np.isfinite(sa) & (sa > 0)
+    ratio = np.broadcast_to(st_b["sif_slope_factor"][None, :], sa.shape)
+    np.testing.assert_allclose(sa[ok] / sb[ok], ratio[ok], rtol=1e-12)
+    np.testing.assert_allclose(factor.values.ravel()[np.isfinite(factor.values.ravel())],
+                               st_b["sif_slope_factor"][st_b["land"]], rtol=1e-6)
+    assert not np.allclose(np.nan_to_num(a.sif_tropomi["sif"].values),
+                           np.nan_to_num(b.sif_tropomi["sif"].values))
+
+
+def test_slope_spread_field_chunk_alone_equals_slice_of_whole():
+    base = dict(resolution=5.0, start="2019-06-01", end="2019-07-31", variant="slope_spread",
+                n_sites=5)
+    whole = make_world(**base, chunks={"time": 8, "lat": 36, "lon": 72})
+    other = make_world(**base, chunks={"time": 3, "lat": 7, "lon": 11})
+    region = dict(lat=slice(-40, 55), lon=slice(-120, 30))
+    with dask.config.set(scheduler="synchronous"):
+        for name in ("truth", "sif_tropomi"):  # values and variable attributes
+            xr.testing.assert_identical(
+                whole.datasets[name].sel(region).compute().drop_attrs(deep=False),
+                other.datasets[name].sel(region).compute().drop_attrs(deep=False))
+        again = make_world(**base).truth
+        seed1 = make_world(**base, seed=1).truth
+        fa = whole.truth["sif_slope_factor"].values
+        assert fa.tobytes() == again["sif_slope_factor"].values.tobytes()
+        fb = seed1["sif_slope_factor"].values
+    assert not np.allclose(np.nan_to_num(fa), np.nan_to_num(fb))
+
+
+# ----------------------------------------------------------------------------- the ceiling
+def test_gpp_ceiling_is_truth_without_the_unobserved_efficiency(computed, world):
+    truth = computed["truth"]
+    gpp, ceiling = truth["gpp"], truth["gpp_ceiling"]
+    assert world.truth["gpp_ceiling"].chunks == world.truth["gpp"].chunks  # lazy, same chunks
+    assert ceiling.attrs["units"] == "gC m-2 d-1"
+    assert {"long_name", "description"} <= set(ceiling.attrs)
+    assert "SIF" in ceiling.attrs["description"]
+    assert bool((ceiling.notnull() == gpp.notnull()).all())
+    # equals gpp / efficiency * E[efficiency] with the static efficiency of each cell
+    pts = Points.grid(truth.lat.values, truth.lon.values, world.config.resolution)
+    eff = static_state(pts, world.config)["efficiency"].reshape(truth.sizes["lat"],
+                                                                 truth.sizes["lon"])
+    assert EFFICIENCY_MEAN == 1.0
+    np.testing.assert_allclose(ceiling.values,
+                               gpp.values.astype(float) / eff[None] * EFFICIENCY_MEAN,
+                               rtol=2e-6, atol=1e-6)
+    # a high but imperfect predictor of the truth
+    g, c = gpp.values.ravel(), ceiling.values.ravel()
+    ok = np.isfinite(g)
+    r2 = 1.0 - np.sum((g[ok] - c[ok]) ** 2) / np.sum((g[ok] - g[ok].mean()) ** 2)
+    assert 0.5 < r2 < 0.999, r2

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BIOME", "VARIANTS", "WorldConfig"]
+__all__ = ["BIOME", "SLOPE_SPREAD", "SLOPE_SPREAD_MODES", "VARIANTS", "WorldConfig"]
 
 # Per-IGBP-class parameters, indexed by class number (0 water ... 16 barren).
 # lai_max       : seasonal maximum LAI [m2 m-2]; typical MODIS MCD15 biome maxima
@@ -43,6 +43,56 @@ BIOME: dict[str, np.ndarray] = {
 }
 # Land-mean of eps_max over vegetated classes, so the biome modifier averages to about 1.
 BIOME["eps_rel"] = np.where(BIOME["eps_max"] > 0, BIOME["eps_max"] / 1.08, 0.0)
+
+# Within-class spread of the GPP/SIF slope (``WorldConfig.slope_spread``; off in the default
+# world).  Per IGBP class, indexed like BIOME.  Sources and what is assumption: docs/twin_world.md.
+# c4_max        : C4 share [1] of the class's GPP where conditions fully favour C4: natural
+#                 vegetation in a warm climate, cropland in the core of a C4 crop belt (maize,
+#                 sugarcane, sorghum).  C4 is near-universally herbaceous (Still et al. 2003,
+#                 GBC 17:1006; Powell & Still 2009, Proc. XIV SBSR 2935), so forests are 0 and the woody classes scale
+#                 with their herbaceous share.  Where the pixel sits between C3 and C4 conditions
+#                 is set by the crossover temperature below and by smooth random fields.
+# c4_mean       : reference C4 share [1] at which the pixel slope equals BIOME["sif_slope"], so
+#                 the biome slopes keep meaning "class-mean slope".  Set to the class mean of
+#                 the pixel C4 share in the 1-degree worlds of seeds 0 and 1 (averaged,
+#                 rounded), before any model ran on the variant (urban: c4_max / 2).  The C4
+#                 share of vegetated land is then 17.6 % (seed 0), as published (Still et al.
+#                 2003: 18.8 of 106.2 million km2, 17.7 %; Luo et al. 2024, Nat. Commun.
+#                 doi:10.1038/s41467-024-45606-3: 17.1-17.7 %); its share of GPP, 16 %, is below the published 23 %
+#                 (Still) and 19.5 % (Luo) and was left so (not tuned).
+# c4_ratio      : GPP/SIF slope of C4 over C3 vegetation [1]: 1.81 = 35.78 / 19.73, the FLUXNET
+#                 GPP vs CSIF slopes of C4 and C3 cropland in SMUrF (Wu et al. 2021, GMD
+#                 14:3633; repository wde0924/SMUrF, data/GPP-CSIF_stat_Wu.txt); higher C4
+#                 slopes also at OCO-2 tower sites (Li et al. 2018, GCB 24:3990, as summarised by
+#                 Zhang et al. 2018, GCB, doi:10.1111/gcb.14427).  Used for C4 grasses too.
+# structure_sd  : within-class sd [1] of the log of a structural slope factor (canopy
+#                 clumping, leaf angle, hence the SIF escape fraction; Zeng et al. 2019, RSE
+#                 232:111209; Dechant et al. 2020, RSE 241:111733).  An assumption of this
+#                 world (no published per-class sd was found): larger in forests, whose
+#                 clumping differs most between classes (BIOME["clumping"] 0.70-0.85), smaller
+#                 in grass and crop canopies.
+# crop_share    : share [1] of the class's area under crops (its C4 share follows the crop
+#                 belt field, the rest the climate): cropland 1, cropland/natural mosaic 0.5.
+SLOPE_SPREAD: dict[str, np.ndarray] = {
+    #                           WAT  ENF  EBF  DNF  DBF   MF  CSH  OSH  WSA  SAV  GRA  WET  CRO  URB  CVM  SNO  BSV
+    "c4_max":       np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, .15, .35, .45, .75, .90, .30, .70, .10, .60, 0.0, .35]),
+    "c4_mean":      np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, .08, .12, .40, .66, .45, .09, .31, .05, .28, 0.0, .23]),
+    "c4_ratio":     np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.81, 1.81, 1.81, 1.81, 1.81, 1.81, 1.81, 1.81,
+                              1.81, 1.0, 1.81]),
+    "structure_sd": np.array([0.0, .15, .15, .15, .15, .15, .10, .10, .12, .10, .08, .10, .08, .10, .10,
+                              0.0, .10]),
+    "crop_share":   np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.5,
+                              0.0, 0.0]),
+}
+#: Crossover mean temperature [degC] of the warmest month above which C4 grasses outperform C3
+#: at present CO2 (quantum-yield crossover ~22 degC; Collatz, Berry & Clark 1998, Oecologia
+#: 114:441); the transition is smoothed over C4_CROSSOVER_WIDTH [K].
+C4_CROSSOVER_T, C4_CROSSOVER_WIDTH = 22.0, 2.0
+#: Correlation lengths [km] of the C4 fields (natural, crop belts) and of the structural factor.
+C4_NATURAL_LENGTH_KM, C4_CROP_LENGTH_KM, SLOPE_STRUCTURE_LENGTH_KM = 1000.0, 800.0, 700.0
+#: WorldConfig.slope_spread values: no spread, the C3/C4 mixture only, the structural factor
+#: only, or both.
+SLOPE_SPREAD_MODES = ("none", "c3c4", "structure", "full")
 
 
 @dataclass(frozen=True)
@@ -80,6 +130,12 @@ class WorldConfig:
         (Horn & Schulz 2011, Biogeosciences 8:999).
     efficiency_length_km : float
         Correlation length [km] of that efficiency field.
+    slope_spread : str
+        Within-class spread of the GPP/SIF slope, one of :data:`SLOPE_SPREAD_MODES`:
+        ``"none"`` (default: the slope is a function of the IGBP class alone), ``"c3c4"`` (a
+        regional C3/C4 mixture in herbaceous classes and crops), ``"structure"`` (a smooth
+        log-normal canopy-structure factor) or ``"full"`` (both).  Time-invariant, applied to
+        SIF only; the true GPP is unchanged.  Table and sources: :data:`SLOPE_SPREAD`.
     """
 
     resolution: float = 1.0
@@ -96,6 +152,7 @@ class WorldConfig:
     oco2_start: str = "2014-09-06"
     efficiency_sd: float = 0.2
     efficiency_length_km: float = 800.0
+    slope_spread: str = "none"
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -128,6 +185,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "uniform_slope": {"sif_slope": "uniform"},
     "no_tropical_sites": {"tropical_sites": False},
     "seed1": {"seed": 1},
+    "slope_spread": {"slope_spread": "full"},
 }
 
 _FREQS = ("8D", "D", "MS")
@@ -153,6 +211,9 @@ def validate_config(cfg: WorldConfig) -> None:
         raise ValueError(f"freq={cfg.freq!r} is not supported; use one of {list(_FREQS)}.")
     if cfg.sif_slope not in ("biome", "uniform"):
         raise ValueError(f"sif_slope={cfg.sif_slope!r}; expected 'biome' or 'uniform'.")
+    if cfg.slope_spread not in SLOPE_SPREAD_MODES:
+        raise ValueError(f"slope_spread={cfg.slope_spread!r} is not a within-class slope spread; "
+                         f"expected one of {list(SLOPE_SPREAD_MODES)} (see SLOPE_SPREAD).")
     missing = {"time", "lat", "lon"} - set(cfg.chunks)
     if missing or any(int(v) < 1 for v in cfg.chunks.values()):
         raise ValueError(f"chunks={cfg.chunks!r} must give positive sizes for time, lat and lon.")

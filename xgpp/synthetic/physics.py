@@ -16,10 +16,26 @@ import pandas as pd
 from xgpp._pyrealm import UG_PER_S_TO_G_PER_DAY, quiet_pyrealm
 from xgpp.io import SW_TO_PPFD, esat_magnus
 from xgpp.io._time import step_days, step_range
-from xgpp.synthetic.config import BIOME, WorldConfig
+from xgpp.synthetic.config import (
+    BIOME,
+    C4_CROP_LENGTH_KM,
+    C4_CROSSOVER_T,
+    C4_CROSSOVER_WIDTH,
+    C4_NATURAL_LENGTH_KM,
+    SLOPE_SPREAD,
+    SLOPE_STRUCTURE_LENGTH_KM,
+    WorldConfig,
+)
 from xgpp.synthetic.noise import SmoothField, unit_vectors, white_normal
 
-__all__ = ["Points", "Times", "static_state", "true_state", "time_axis"]
+__all__ = ["EFFICIENCY_MEAN", "Points", "Times", "seasonal_amplitude", "sif_slope_spread",
+           "static_state", "time_axis", "true_state"]
+
+#: Expectation [1] of the unobserved efficiency multiplier ``exp(sd g - sd^2 / 2)`` with
+#: ``g ~ N(0, 1)``: exactly one for the log-normal with this mean-one parameterisation (its median
+#: is ``exp(-sd^2 / 2)``, 0.98 at sd 0.2).  The conditional mean of GPP given everything but the
+#: efficiency is ``gpp / efficiency * EFFICIENCY_MEAN``: the ``gpp_ceiling`` of the truth store.
+EFFICIENCY_MEAN = 1.0
 
 # Continents as rotated ellipses (lon centre, lat centre, lon radius, lat radius, rotation [deg]),
 # a cartoon of Earth's land masses so maps are recognisable and FLUXNET's regional bias has
@@ -137,7 +153,9 @@ def static_state(points: Points, cfg: WorldConfig) -> dict[str, np.ndarray]:
     dict
         ``land`` (bool), ``ice`` (bool), ``elevation`` [m], ``tmean`` annual mean air
         temperature [degC], ``moist`` aridity index alpha = AET/PET [1], ``igbp`` class number,
-        ``efficiency`` unobserved physiological efficiency multiplier [1].
+        ``efficiency`` unobserved physiological efficiency multiplier [1] (log-normal, mean
+        :data:`EFFICIENCY_MEAN`), and from :func:`sif_slope_spread` ``c4_fraction`` [1] and
+        ``sif_slope_factor`` [1] (ones unless ``cfg.slope_spread`` is on).
     """
     s, xyz = cfg.seed, points.xyz
     lat, lon = points.lat, points.lon
@@ -167,8 +185,75 @@ def static_state(points: Points, cfg: WorldConfig) -> dict[str, np.ndarray]:
     eff = SmoothField(s, "efficiency", cfg.efficiency_length_km).static(xyz)
     sd = cfg.efficiency_sd
     efficiency = np.exp(sd * eff - 0.5 * sd * sd)
-    return {"land": land, "ice": ice, "elevation": elevation, "tmean": tmean, "moist": moist,
-            "igbp": igbp, "efficiency": efficiency}
+    st = {"land": land, "ice": ice, "elevation": elevation, "tmean": tmean, "moist": moist,
+          "igbp": igbp, "efficiency": efficiency}
+    st.update(sif_slope_spread(points, st, cfg))
+    return st
+
+
+def seasonal_amplitude(lat: np.ndarray, moist: np.ndarray) -> np.ndarray:
+    """Amplitude [K] of the seasonal temperature cycle at ``lat`` [degree] and aridity ``moist`` [1].
+
+    Grows with latitude and with continentality (dryness): 1.5 + 16 |sin lat|^1.2 (1.2 - 0.5 alpha).
+    """
+    return 1.5 + 16.0 * np.abs(np.sin(np.deg2rad(lat))) ** 1.2 * (1.2 - 0.5 * moist)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def sif_slope_spread(points: Points, st: dict[str, np.ndarray],
+                     cfg: WorldConfig) -> dict[str, np.ndarray]:
+    """Time-invariant within-class multiplier of the GPP/SIF slope (``cfg.slope_spread``).
+
+    Parameters
+    ----------
+    points : Points
+        Cells.
+    st : dict
+        Static state with ``land``, ``tmean`` [degC], ``moist`` [1] and ``igbp``.
+    cfg : WorldConfig
+        ``slope_spread`` selects the parts: ``"c3c4"``, ``"structure"``, ``"full"`` or ``"none"``.
+
+    Returns
+    -------
+    dict
+        ``c4_fraction`` C4 share of the cell's GPP [1] and ``sif_slope_factor`` [1], the
+        multiplier of the biome slope (ones when ``slope_spread == "none"``).
+
+    Notes
+    -----
+    The C4 share of a natural cell is ``c4_max x sigmoid((T_warm - 22 degC) / 2 K + 0.5 f)``
+    with the warmest-month mean temperature ``T_warm = tmean + seasonal amplitude`` (Collatz
+    et al. 1998 crossover) and a 1000 km field ``f``; of a crop cell ``c4_max x sigmoid(2 f_crop
+    - 0.5)`` with an 800 km crop-belt field.  The slope of a C3/C4 mixture with C4 GPP share
+    ``c`` is ``s_C3 / (1 - c + c / r)`` (SIF adds up over both pathways); it is divided by its
+    value at the class reference share ``c4_mean`` so ``BIOME["sif_slope"]`` remains the class
+    slope.  The structural factor is ``exp(sd g - sd^2 / 2)`` with a 700 km field ``g``.  All
+    fields use streams of their own, so every other field of the world is unchanged.
+    """
+    mode = cfg.slope_spread
+    igbp = st["igbp"]
+    ones = np.ones(igbp.shape)
+    factor, c4 = ones.copy(), np.zeros(igbp.shape)
+    if mode in ("c3c4", "full"):
+        xyz = points.xyz
+        t_warm = st["tmean"] + seasonal_amplitude(points.lat, st["moist"])
+        f_nat = SmoothField(cfg.seed, "c4_natural", C4_NATURAL_LENGTH_KM).static(xyz)
+        f_crop = SmoothField(cfg.seed, "c4_crop", C4_CROP_LENGTH_KM).static(xyz)
+        w_nat = _sigmoid((t_warm - C4_CROSSOVER_T) / C4_CROSSOVER_WIDTH + 0.5 * f_nat)
+        w_crop = _sigmoid(2.0 * f_crop - 0.5)
+        share = SLOPE_SPREAD["crop_share"][igbp]
+        c4 = SLOPE_SPREAD["c4_max"][igbp] * (share * w_crop + (1.0 - share) * w_nat)
+        ratio = SLOPE_SPREAD["c4_ratio"][igbp]
+        ref = SLOPE_SPREAD["c4_mean"][igbp]
+        factor = factor * (1.0 - ref + ref / ratio) / (1.0 - c4 + c4 / ratio)
+    if mode in ("structure", "full"):
+        g = SmoothField(cfg.seed, "slope_structure", SLOPE_STRUCTURE_LENGTH_KM).static(points.xyz)
+        sd = SLOPE_SPREAD["structure_sd"][igbp]
+        factor = factor * np.exp(sd * g - 0.5 * sd * sd)
+    return {"c4_fraction": np.where(st["land"], c4, 0.0), "sif_slope_factor": factor}
 
 
 def classify(tmean: np.ndarray, moist: np.ndarray, elevation: np.ndarray, ice: np.ndarray,
@@ -245,7 +330,7 @@ def true_state(times: Times, points: Points, st: dict[str, np.ndarray],
     moist = np.clip(moist, 0.01, 1.0)
 
     # temperature: seasonal amplitude grows with latitude and continentality (dryness)
-    amp = 1.5 + 16.0 * np.abs(np.sin(np.deg2rad(lat)))[None, :] ** 1.2 * (1.2 - 0.5 * st["moist"][None, :])
+    amp = seasonal_amplitude(lat, st["moist"])[None, :]
     tair = (st["tmean"][None, :] + amp * season
             + 0.8 * SmoothField(s, "t_iav", 2500.0).varying(xyz, years)
             + 1.5 * SmoothField(s, "t_wx", 1200.0).varying(xyz, dkey))
@@ -279,8 +364,12 @@ def true_state(times: Times, points: Points, st: dict[str, np.ndarray],
     nirv = 0.02 + 0.40 * clump * fapar
 
     gpp, sif = truth_gpp_sif(tair, vpd, co2, patm, fapar, ppfd, swc, st, cfg)
+    # the efficiency multiplies a non-negative product, so dividing it out equals running the
+    # same product with the efficiency at its expectation (to rounding)
+    gpp_ceiling = gpp / st["efficiency"][None, :] * EFFICIENCY_MEAN
     return {"tair": tair, "vpd": vpd, "ppfd": ppfd, "co2": co2, "patm": patm, "swc": swc,
-            "lai": lai, "fapar": fapar, "nirv": nirv, "cloud": cloud, "gpp": gpp, "sif": sif}
+            "lai": lai, "fapar": fapar, "nirv": nirv, "cloud": cloud, "gpp": gpp,
+            "gpp_ceiling": gpp_ceiling, "sif": sif}
 
 
 #: daily-mean APAR [umol m-2 s-1] at which canopy light use starts to saturate (tanh model,
@@ -301,7 +390,9 @@ def truth_gpp_sif(tair: np.ndarray, vpd: np.ndarray, co2: np.ndarray, patm: np.n
     light and photosynthetic activity: it is GPP divided by a biome GPP/SIF slope, without the
     light-saturation loss and with half the water-stress loss (fluorescence yield responds less
     than photochemistry to saturation and stress; Porcar-Castell et al. 2014, J. Exp. Bot.
-    65:4065), so the SIF-GPP relationship changes with biome and conditions.
+    65:4065), so the SIF-GPP relationship changes with biome and conditions.  With
+    ``cfg.slope_spread`` on, the biome slope is multiplied by the static
+    ``st["sif_slope_factor"]`` (C3/C4 mixture, canopy structure): GPP is unchanged.
     """
     from pyrealm.pmodel import PModel, PModelEnvironment
     from pyrealm.pmodel.functions import calc_soilmstress_stocker
@@ -328,6 +419,8 @@ def truth_gpp_sif(tair: np.ndarray, vpd: np.ndarray, co2: np.ndarray, patm: np.n
         g = np.maximum(p_gpp * beta * eps * light, 0.0)
         slope = (BIOME["sif_slope"][igbp] if cfg.sif_slope == "biome"
                  else np.full(igbp.shape, 14.0))[None, :]
+        if cfg.slope_spread != "none":  # within-class spread (pixel property, SIF only)
+            slope = slope * st["sif_slope_factor"][cols][None, :]
         gpp[sel] = g
         sif[sel] = g / slope / light / np.sqrt(np.maximum(beta, 0.05))
     return gpp, sif

@@ -27,11 +27,39 @@ from xgpp.synthetic.physics import Points, Times, static_state, time_axis, true_
 from xgpp.synthetic.sites import place_sites, site_gpp
 from xgpp.variables import DRIVERS, attrs_for
 
-__all__ = ["PRODUCTS", "World", "make_world"]
+__all__ = ["CEILING_ATTRS", "PRODUCTS", "SLOPE_FACTOR_ATTRS", "World", "make_world"]
 
 #: The stores of a world, in the order they are written.
 PRODUCTS: tuple[str, ...] = ("drivers", "truth", "sif_tropomi", "sif_oco2", "sites")
-_CORE = (*DRIVERS, "gpp")
+_CORE = (*DRIVERS, "gpp", "gpp_ceiling")
+
+#: Attributes of the truth store's ``gpp_ceiling``.
+CEILING_ATTRS: dict[str, str] = {
+    "long_name": "driver ceiling of GPP: truth with the unobserved efficiency at its expectation",
+    "units": "gC m-2 d-1",
+    "description": (
+        "The best any model of the observed drivers could do: truth GPP from the noise-free "
+        "true state with the unobserved physiological efficiency field (log-normal, mean one) "
+        "replaced by its expectation 1, i.e. gpp / efficiency * E[efficiency], the conditional "
+        "mean of GPP given everything else. Optimistic: it also assumes error-free drivers and "
+        "exact knowledge of every other process (biome efficiency, soil-moisture stress, light "
+        "saturation). SIF sees the efficiency field, so SIF-based models may exceed this "
+        "ceiling; a model that memorises location near dense towers can partly learn the "
+        "efficiency field too. See docs/twin_world.md."
+    ),
+    "comment": "never seen by models",
+}
+#: Attributes of the truth store's ``sif_slope_factor``.
+SLOPE_FACTOR_ATTRS: dict[str, str] = {
+    "long_name": "within-class multiplier of the biome GPP/SIF slope",
+    "units": "1",
+    "description": (
+        "Time-invariant pixel factor on BIOME['sif_slope'] from the C3/C4 mixture and canopy "
+        "structure (WorldConfig.slope_spread); 1 on land when slope_spread is 'none'. Applied "
+        "to SIF only: GPP is unchanged. See docs/twin_world.md."
+    ),
+    "comment": "never seen by models",
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,7 @@ def _block(cfg_json: str, product: str, t0: int, t1: int, y0: int, y1: int, x0: 
     if product == "core":
         obs = observe_drivers(state, times, pts, st["land"], cfg)
         obs["gpp"] = state["gpp"]
+        obs["gpp_ceiling"] = state["gpp_ceiling"]
         names = _CORE
     elif product == "sif_tropomi":
         obs, names = observe_tropomi(state, times, pts, st["land"], cfg), ("sif", "sif_count")
@@ -114,6 +143,17 @@ def _static_block(cfg_json: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarr
     shape = (y1 - y0, x1 - x0)
     return np.stack([st["igbp"].reshape(shape), st["land"].reshape(shape),
                      np.where(st["land"], st["elevation"], np.nan).reshape(shape)]).astype(np.float32)
+
+
+def _static_truth_block(cfg_json: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Static true fields of the truth store: array (1, lat, lon) float32, NaN over ocean."""
+    cfg = _config(cfg_json)
+    lat, lon = _grid(cfg)
+    pts = Points.grid(lat[y0:y1], lon[x0:x1], cfg.resolution)
+    st = static_state(pts, cfg)
+    shape = (y1 - y0, x1 - x0)
+    factor = np.where(st["land"], st["sif_slope_factor"], np.nan).reshape(shape)
+    return factor[None].astype(np.float32)
 
 
 def _chunks(n: int, size: int) -> tuple[int, ...]:
@@ -141,14 +181,16 @@ def _stacked(cfg: WorldConfig, product: str, nvar: int) -> tuple[da.Array, Times
     return da.Array(dsk, name, chunks=((nvar,), tc, yc, xc), dtype=np.float32), times
 
 
-def _static(cfg: WorldConfig) -> da.Array:
+def _static(cfg: WorldConfig, kind: str = "drivers") -> da.Array:
+    """Static fields, one task per (lat, lon) chunk: the drivers' three or the truth's one."""
     cfg_json = cfg.to_json()
     lat, lon = _grid(cfg)
     yc, xc = _chunks(len(lat), cfg.chunks["lat"]), _chunks(len(lon), cfg.chunks["lon"])
-    name = "xgpp-world-static-" + tokenize(cfg_json)
-    dsk = {(name, 0, j, k): (_static_block, cfg_json, y0, y1, x0, x1)
+    func, nvar = (_static_block, 3) if kind == "drivers" else (_static_truth_block, 1)
+    name = f"xgpp-world-static-{kind}-" + tokenize(cfg_json, kind)
+    dsk = {(name, 0, j, k): (func, cfg_json, y0, y1, x0, x1)
            for j, (y0, y1) in enumerate(_bounds(yc)) for k, (x0, x1) in enumerate(_bounds(xc))}
-    return da.Array(dsk, name, chunks=((3,), yc, xc), dtype=np.float32)
+    return da.Array(dsk, name, chunks=((nvar,), yc, xc), dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -188,8 +230,11 @@ def _drivers_truth(cfg: WorldConfig) -> tuple[xr.Dataset, xr.Dataset]:
     drivers["land_mask"] = (("lat", "lon"), static[1].astype(np.int8), attrs_for("land_mask"))
     drivers["elevation"] = (("lat", "lon"), static[2], attrs_for("elevation"))
     gpp_attrs = {**attrs_for("gpp"), "comment": "true GPP of the twin world (never seen by models)"}
-    truth = xr.Dataset({"gpp": (dims, core[len(DRIVERS)], gpp_attrs)}, coords=coords,
+    truth = xr.Dataset({"gpp": (dims, core[len(DRIVERS)], gpp_attrs),
+                        "gpp_ceiling": (dims, core[len(DRIVERS) + 1], CEILING_ATTRS)},
+                       coords=coords,
                        attrs=_global_attrs(cfg, "truth", "true gross primary productivity"))
+    truth["sif_slope_factor"] = (("lat", "lon"), _static(cfg, "truth")[0], SLOPE_FACTOR_ATTRS)
     return drivers, truth
 
 
