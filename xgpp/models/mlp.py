@@ -2,10 +2,17 @@
 
 The split into ``trunk`` and ``head`` is what transfer learning needs: SIFTML pre-trains the
 whole network on SIF, then fine-tunes a new head (and optionally the trunk) on EC GPP.
+:class:`SIFInputMLP` stacks two of them: a frozen SIF network whose estimate is one more input
+of a GPP network (the ``siftml-sifinput`` variant).
+
+Weights are initialised from a local :class:`torch.Generator` (:func:`init_parameters`,
+:func:`build_seeded`), never from torch's global random state.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,7 +21,7 @@ from torch import nn
 
 from xgpp.models.registry import register_architecture
 
-__all__ = ["ACTIVATIONS", "MLP", "MLPConfig"]
+__all__ = ["ACTIVATIONS", "MLP", "MLPConfig", "SIFInputMLP", "build_seeded", "init_parameters"]
 
 #: Activation name -> module class (data, not if-chains).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -113,6 +120,95 @@ class MLP(nn.Module):
         """Parameters of the feature layers (trunk and embedding), frozen by ``"head"`` tuning."""
         return [p for name, p in self.named_parameters() if not name.startswith("head.")]
 
+    def hidden_layers(self) -> list[nn.Linear]:
+        """The hidden (feature) layers' linear maps, input side first."""
+        return [m for m in self.trunk if isinstance(m, nn.Linear)]
+
+    def first_layers_parameters(self, k: int) -> list[nn.Parameter]:
+        """Parameters of the first ``k`` hidden layers (and of the IGBP embedding, when k >= 1).
+
+        The embedding feeds the first hidden layer, so it is frozen with it.
+        """
+        layers = self.hidden_layers()
+        if not 0 <= k <= len(layers):
+            raise ValueError(f"frozen_layers={k}: the network has {len(layers)} hidden layers "
+                             f"(MLPConfig.hidden); use 0..{len(layers)}.")
+        params = [p for layer in layers[:k] for p in layer.parameters()]
+        if k and self.embed_column is not None:
+            params = list(self.embedding.parameters()) + params
+        return params
+
+
+def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Initialise every ``Linear`` and ``Embedding`` of ``module`` in place from ``generator``.
+
+    The same distributions as torch's defaults (``Linear``: Kaiming-uniform weights with
+    ``a = sqrt(5)``, biases uniform in +-1/sqrt(fan_in); ``Embedding``: standard normal), drawn
+    in module order, so on the CPU the weights equal those of ``torch.manual_seed(seed)`` and
+    construction, without touching torch's global random state.
+    """
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    bound = 1 / math.sqrt(m.in_features) if m.in_features > 0 else 0.0
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, generator=generator)
+            elif any(True for _ in m.parameters(recurse=False)):
+                raise TypeError(f"init_parameters cannot initialise {type(m).__name__} "
+                                "(only Linear and Embedding layers).")
+    return module
+
+
+def build_seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``factory()`` built on the CPU with weights from a local generator seeded by ``seed``.
+
+    The module is constructed on the ``meta`` device (no random draw), materialised on the CPU
+    and initialised by :func:`init_parameters`; torch's global random state is left alone.
+    """
+    with torch.device("meta"):
+        module = factory()
+    module = module.to_empty(device="cpu")
+    return init_parameters(module, torch.Generator().manual_seed(int(seed)))
+
+
+class SIFInputMLP(nn.Module):
+    """A GPP network fed the drivers and a frozen SIF network's estimate.
+
+    ``gpp_net(cat([x, sif_net(x)[:, :1]]))``: the SIF network (pre-trained on SIF, its output
+    normalised SIF) runs first inside the module, so the bundle takes the same feature rows as
+    any other and predicts in chunks like any other.  The SIF branch stays in eval mode (no
+    dropout) and its parameters are frozen while training.
+
+    Parameters
+    ----------
+    sif_net : MLP
+        Maps ``n_features`` columns to normalised SIF (first output column).
+    gpp_net : MLP
+        Maps ``n_features + 1`` columns (the features, then normalised SIF) to normalised GPP.
+    """
+
+    def __init__(self, sif_net: MLP, gpp_net: MLP) -> None:
+        super().__init__()
+        self.sif_net = sif_net
+        self.gpp_net = gpp_net
+
+    def train(self, mode: bool = True) -> SIFInputMLP:
+        """Train mode for the GPP network only; the SIF branch stays in eval mode."""
+        super().train(mode)
+        self.sif_net.eval()
+        return self
+
+    def sif(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised SIF ``(n, 1)`` of the SIF branch."""
+        return self.sif_net(x)[:, :1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised GPP ``(n, n_out)``."""
+        return self.gpp_net(torch.cat([x, self.sif(x)], dim=1))
+
 
 @register_architecture("mlp", config=MLPConfig, description="feature layers + linear head")
 def _build_mlp(meta: dict[str, Any]) -> nn.Module:
@@ -121,3 +217,17 @@ def _build_mlp(meta: dict[str, Any]) -> nn.Module:
     spec = FeatureSpec.from_dict(meta["features"])
     return MLP(spec.n_features, int(meta["n_out"]), MLPConfig.from_dict(meta["net"]),
                embed_column=spec.embed_column)
+
+
+@register_architecture("mlp-sif-input", config=MLPConfig,
+                       description="frozen SIF MLP whose estimate is an extra input of a GPP MLP")
+def _build_sif_input_mlp(meta: dict[str, Any]) -> nn.Module:
+    from xgpp.models.features import FeatureSpec
+
+    spec = FeatureSpec.from_dict(meta["features"])
+    sif_cfg = MLPConfig.from_dict(meta.get("sif_net", meta["net"]))
+    sif_net = MLP(spec.n_features, int(meta.get("n_out_sif", 1)), sif_cfg,
+                  embed_column=spec.embed_column)
+    gpp_net = MLP(spec.n_features + 1, int(meta["n_out"]), MLPConfig.from_dict(meta["net"]),
+                  embed_column=spec.embed_column)
+    return SIFInputMLP(sif_net, gpp_net)

@@ -9,9 +9,11 @@ Method (Guan, Ma, Zeng & Lin, EGU 2026; precursor SIFEC-TL, Ma, Guan et al. 2025
    window or calibration) leaves the pre-trained network unchanged.
 2. **Fine-tune** on EC GPP at the training sites, by strategy:
 
-   ``"head"``  a new linear head on frozen feature layers;
-   ``"full"``  a new head and all layers trained at the lower fine-tuning learning rate;
-   ``"both"``  ``"head"`` first, then ``"full"`` from there.
+   ``"head"``    a new linear head on frozen feature layers;
+   ``"full"``    a new head and all layers trained at the lower fine-tuning learning rate;
+   ``"both"``    ``"head"`` first, then ``"full"`` from there;
+   ``"frozen"``  ``"head"`` first, then every layer but the first ``frozen_layers`` hidden
+                 layers (phase ``"partial"``).
 
 The training loop lives in :mod:`xgpp.train`; this module holds the strategy table and the
 network surgery it needs.
@@ -19,10 +21,9 @@ network surgery it needs.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from xgpp.models.mlp import MLP
+from xgpp.models.mlp import MLP, build_seeded
 
 __all__ = ["STRATEGIES", "new_head", "set_trainable"]
 
@@ -31,27 +32,37 @@ STRATEGIES: dict[str, tuple[str, ...]] = {
     "head": ("head",),
     "full": ("full",),
     "both": ("head", "full"),
+    "frozen": ("head", "partial"),
 }
 
 
 def new_head(net: MLP, n_out: int = 1, *, seed: int = 0) -> MLP:
-    """Replace the network's head by a freshly initialised linear layer (seeded)."""
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    net.head = nn.Linear(net.head.in_features, n_out).to(net.head.weight.device)
-    torch.random.set_rng_state(gen_state)
+    """Replace the network's head by a freshly initialised linear layer.
+
+    The weights come from a local generator seeded by ``seed`` (torch's default ``Linear``
+    initialisation), so torch's global random state is neither read nor changed.
+    """
+    n_in = net.head.in_features
+    head = build_seeded(lambda: nn.Linear(n_in, n_out), seed)
+    net.head = head.to(net.head.weight.device)
     return net
 
 
-def set_trainable(net: MLP, phase: str) -> list[nn.Parameter]:
+def set_trainable(net: MLP, phase: str, *, frozen_layers: int = 0) -> list[nn.Parameter]:
     """Freeze or unfreeze parameters for ``phase`` and return those that train.
 
-    ``"head"`` trains the head only; every other phase (``"full"``, ``"pretrain"``, ``"ec"``)
-    trains all parameters.
+    ``"head"`` trains the head only; ``"partial"`` every parameter but those of the first
+    ``frozen_layers`` hidden layers (and the IGBP embedding feeding them); every other phase
+    (``"full"``, ``"pretrain"``, ``"ec"``) trains all parameters.
     """
-    head_only = phase == "head"
-    for p in net.feature_parameters():
-        p.requires_grad_(not head_only)
-    for p in net.head.parameters():
+    for p in net.parameters():
         p.requires_grad_(True)
+    if phase == "head":
+        frozen = net.feature_parameters()
+    elif phase == "partial":
+        frozen = net.first_layers_parameters(frozen_layers)
+    else:
+        frozen = []
+    for p in frozen:
+        p.requires_grad_(False)
     return [p for p in net.parameters() if p.requires_grad]

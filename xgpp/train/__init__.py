@@ -23,10 +23,11 @@ import xarray as xr
 
 from xgpp.models._format import versions
 from xgpp.splits import Fold, parse_split, split_parts
-from xgpp.train.config import LoaderConfig, PhaseConfig, TrainConfig
+from xgpp.train.config import LoaderConfig, PhaseConfig, TrainConfig, TransferConfig
 from xgpp.train.context import TrainContext
 from xgpp.train.loop import Progress, resolve_device
 from xgpp.train.methods import METHODS, Method, get_method, register_method
+from xgpp.train.methods._cache import resolve_cache_dir
 
 __all__ = [
     "METHODS",
@@ -34,6 +35,7 @@ __all__ = [
     "Method",
     "PhaseConfig",
     "TrainConfig",
+    "TransferConfig",
     "get_method",
     "register_method",
     "resolve_device",
@@ -89,7 +91,8 @@ def train(drivers: xr.Dataset, *, sites: xr.Dataset | None = None, sif: xr.Datas
           config: TrainConfig | dict | None = None, out: str | None = None, seed: int = 0,
           device: str = "auto", progress: bool = True,
           on_epoch_end: Callable[[dict], Any] | None = None, client: Any = None,
-          storage_options: dict | None = None, provenance: dict | None = None) -> Any:
+          storage_options: dict | None = None, provenance: dict | None = None,
+          cache_dir: str | os.PathLike | None = None) -> Any:
     """Train a GPP model from cubes; return it as a bundle (saved to ``out`` when given).
 
     Parameters
@@ -129,9 +132,14 @@ def train(drivers: xr.Dataset, *, sites: xr.Dataset | None = None, sif: xr.Datas
     client : distributed.Client, optional
         Load grid chunks as Dask futures on this client (default: local threads).
     storage_options : dict, optional
-        fsspec options for ``out``.
+        fsspec options for ``out`` (and ``cache_dir``).
     provenance : dict, optional
         Extra provenance to record (e.g. the catalog URL).
+    cache_dir : str or path-like, optional
+        Folder (or fsspec URL) caching SIF pre-training across runs that share data, the
+        ``features``/``net``/``pretrain``/``loader`` config, ``sif_var`` and seed (any split,
+        any SIFTML variant); default ``$XGPP_CACHE_DIR``, unset: no cache.  The result is the
+        same with or without it; ``provenance["pretrain_cache"]`` records hit and key.
 
     Returns
     -------
@@ -173,7 +181,8 @@ def train(drivers: xr.Dataset, *, sites: xr.Dataset | None = None, sif: xr.Datas
                        sif=sif if record.needs_sif else None, config=cfg, fold=fold,
                        split=split if isinstance(split, str) else None, seed=int(seed),
                        device=dev, out=out, storage_options=storage_options, client=client,
-                       provenance=prov, on_epoch_end=on_epoch_end)
+                       provenance=prov, on_epoch_end=on_epoch_end,
+                       cache_dir=resolve_cache_dir(cache_dir))
     with Progress(progress) as bar:
         ctx.bar = bar
         return record.fit(ctx)
@@ -184,7 +193,8 @@ def train_from_catalog(catalog: str | os.PathLike | None, *, method: str = "sift
                        config: TrainConfig | dict | str | None = None, seed: int = 0,
                        device: str = "auto", progress: bool = True,
                        sif_product: str | None = None,
-                       storage_options: dict | None = None) -> Any:
+                       storage_options: dict | None = None,
+                       cache_dir: str | os.PathLike | None = None) -> Any:
     """Open the cubes of an intake catalog and :func:`train` on them (``xgpp train``).
 
     Parameters
@@ -201,6 +211,8 @@ def train_from_catalog(catalog: str | os.PathLike | None, *, method: str = "sift
         method's own (:attr:`Method.sif_product`).
     storage_options : dict, optional
         fsspec options for the catalog, its stores and ``out``.
+    cache_dir : str or path-like, optional
+        Pre-training cache folder, as for :func:`train`.
     """
     from xgpp.catalog import open_catalog, open_cube
 
@@ -215,7 +227,7 @@ def train_from_catalog(catalog: str | os.PathLike | None, *, method: str = "sift
     sif = open_cube(sif_product, catalog=cat) if record.needs_sif else None
     return train(drivers, sites=sites, sif=sif, method=method, split=split, config=config,
                  out=out, seed=seed, device=device, progress=progress,
-                 storage_options=storage_options,
+                 storage_options=storage_options, cache_dir=cache_dir,
                  provenance={"catalog": str(catalog), "sif_product": sif_product})
 
 

@@ -13,7 +13,7 @@ from xgpp.models.mlp import MLPConfig
 from xgpp.models.moe import MoEConfig
 from xgpp.models.siftml import STRATEGIES
 
-__all__ = ["LoaderConfig", "MultiTaskConfig", "PhaseConfig", "TrainConfig"]
+__all__ = ["LoaderConfig", "MultiTaskConfig", "PhaseConfig", "TrainConfig", "TransferConfig"]
 
 
 class _Config:
@@ -164,6 +164,37 @@ class MultiTaskConfig(_Config):
 
 
 @dataclass(frozen=True)
+class TransferConfig(_Config):
+    """Settings of the SIFTML transfer-learning variants (see ``docs/siftml.md``).
+
+    Attributes
+    ----------
+    l2sp_alpha : float
+        ``siftml-l2sp``: weight of ``alpha / 2 * ||w - w_pretrained||^2`` over the feature
+        layers' parameters (L2-SP; Li, Grandvalet & Davoine 2018) [per squared weight, in
+        units of the normalised GPP loss].
+    l2sp_beta : float
+        ``siftml-l2sp``: weight of ``beta / 2 * ||w_head||^2`` over the new head.
+    frozen_layers : int
+        ``strategy="frozen"`` (``siftml-frozen``): how many hidden layers, input side first,
+        keep their pre-trained weights (0 frees all, like ``"both"``).
+    """
+
+    l2sp_alpha: float = 0.01
+    l2sp_beta: float = 0.01
+    frozen_layers: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("l2sp_alpha", "l2sp_beta"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        if int(self.frozen_layers) != self.frozen_layers or self.frozen_layers < 0:
+            raise ValueError(f"frozen_layers={self.frozen_layers!r} must be a whole number "
+                             ">= 0 (hidden layers kept frozen).")
+        object.__setattr__(self, "frozen_layers", int(self.frozen_layers))
+
+
+@dataclass(frozen=True)
 class TrainConfig(_Config):
     """Everything that defines a training run (recorded in the bundle).
 
@@ -179,8 +210,8 @@ class TrainConfig(_Config):
         Fine-tuning of all layers (lower learning rate).
     ec : PhaseConfig
         EC-only training from scratch.
-    strategy : {"head", "full", "both"}
-        SIFTML fine-tuning strategy.
+    strategy : {"head", "full", "both", "frozen"}
+        SIFTML fine-tuning strategy (:data:`xgpp.models.siftml.STRATEGIES`).
     loader : LoaderConfig
     val_sites : float
         Fraction of training sites held out for early stopping.
@@ -198,6 +229,8 @@ class TrainConfig(_Config):
         Architecture of the multi-task MoE (and of its single-task baselines).
     multitask : MultiTaskConfig
         Batches, losses and validation of the MoE methods.
+    transfer : TransferConfig
+        The SIFTML variants' settings (L2-SP weights, frozen layers).
     """
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -220,6 +253,7 @@ class TrainConfig(_Config):
     min_class_samples: int = 20
     moe: MoEConfig = field(default_factory=MoEConfig)
     multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -228,6 +262,10 @@ class TrainConfig(_Config):
             raise ValueError(f"sif_conversion={self.sif_conversion!r}; use 'global' or 'igbp'.")
         if not 0 <= self.val_sites < 1:
             raise ValueError(f"val_sites={self.val_sites} must lie in [0, 1).")
+        if self.transfer.frozen_layers > len(self.net.hidden):
+            raise ValueError(f"transfer.frozen_layers={self.transfer.frozen_layers} but the "
+                             f"network has {len(self.net.hidden)} hidden layers (net.hidden="
+                             f"{self.net.hidden}); use at most {len(self.net.hidden)}.")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """Return a copy with some fields changed."""
@@ -242,4 +280,5 @@ _NESTED: dict[tuple[str, str], Any] = {
     ("TrainConfig", "finetune"): PhaseConfig, ("TrainConfig", "ec"): PhaseConfig,
     ("TrainConfig", "loader"): LoaderConfig, ("TrainConfig", "moe"): MoEConfig,
     ("TrainConfig", "multitask"): MultiTaskConfig, ("MultiTaskConfig", "phase"): PhaseConfig,
+    ("TrainConfig", "transfer"): TransferConfig,
 }

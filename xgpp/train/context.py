@@ -2,8 +2,9 @@
 
 :class:`TrainContext` carries everything :func:`xgpp.train.train` resolved (cubes, fold,
 config, seed, device, output folder, progress bar) and the steps several methods share, each
-computed once on first use: the feature normalisation, the checkpoint store, and the split of
-the training sites into fitting and validation sites with their samples.
+computed once on first use: the feature normalisation, the checkpoint store, the
+pre-training cache, and the split of the training sites into fitting and validation sites with
+their samples.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ class TrainContext:
         Bundle folder (checkpoints under ``OUT/checkpoints``).
     provenance : dict
         Recorded in the bundle; methods add to it.
+    cache_dir : str, optional
+        Folder (or fsspec URL) of the pre-training cache
+        (:mod:`xgpp.train.methods._cache`); None caches nothing.
     """
 
     method: str
@@ -122,6 +126,7 @@ class TrainContext:
     client: Any
     provenance: dict[str, Any]
     on_epoch_end: Callable[[dict], Any] | None = None
+    cache_dir: str | None = None
     bar: Progress = field(default_factory=lambda: Progress(False))
     #: phase -> per-epoch records, filled by the phases as they run
     history: dict[str, list] = field(default_factory=dict)
@@ -146,6 +151,28 @@ class TrainContext:
             if k in self.provenance:
                 fingerprint[k] = self.provenance[k]
         return Checkpoints(self.out, fingerprint, self.storage_options)
+
+    @functools.cached_property
+    def pretrain_cache(self) -> Any:
+        """The :class:`~xgpp.train.methods._cache.PretrainCache` at ``cache_dir`` (or None)."""
+        if self.cache_dir is None:
+            return None
+        from xgpp.train.methods._cache import PretrainCache
+
+        return PretrainCache(self.cache_dir, self.storage_options)
+
+    def override(self, **changes: Any) -> TrainConfig:
+        """Fix some config fields for this method (``strategy="head"``); return the config.
+
+        The bundle's provenance and the checkpoint fingerprint record the config actually
+        used.  Only before anything was computed from the config (first thing in ``fit``).
+        """
+        if {"spec", "checkpoints", "site_split"} & set(vars(self)):
+            raise RuntimeError("TrainContext.override must come before the context computes "
+                               "anything from the config (call it first in fit).")
+        self.config = self.config.replace(**changes)
+        self.provenance["config"] = self.config.to_dict()
+        return self.config
 
     @functools.cached_property
     def site_split(self) -> SiteSplit:

@@ -94,3 +94,5 @@ def get_method(name: str) -> Method:
 # the method files register themselves (order = listing order)
 from xgpp.train.methods import siftml, ec_only, sif_only, pmodel  # noqa: E402, F401, I001
 from xgpp.train.methods import moe, single_task  # noqa: E402, F401, I001
+from xgpp.train.methods import siftml_variants, sif_only_global  # noqa: E402, F401, I001
+from xgpp.train.methods import siftml_sifinput, siftml_gppconv  # noqa: E402, F401, I001

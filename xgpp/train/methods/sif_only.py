@@ -9,10 +9,9 @@ from xgpp.models.base import OUTPUTS
 from xgpp.models.baselines import SIFLinear, fit_sif_slopes
 from xgpp.models.bundle import TorchModel
 from xgpp.models.outputs import NonNegative
-from xgpp.models.siftml import set_trainable
 from xgpp.train.methods import register_method
-from xgpp.train.methods._mlp import new_mlp, release
-from xgpp.train.methods._pretrain import pretrain_on_sif
+from xgpp.train.methods._mlp import release
+from xgpp.train.methods._pretrain import pretrained_mlp
 
 
 def sif_conversion(ctx, net: torch.nn.Module, sif_scale: tuple[float, float], *,
@@ -42,11 +41,9 @@ def sif_conversion(ctx, net: torch.nn.Module, sif_scale: tuple[float, float], *,
 def fit(ctx):
     """Pre-train on SIF, then fit ``GPP = slope[igbp] * SIF`` at every training site."""
     cfg = ctx.config
-    net = new_mlp(ctx)
-    set_trainable(net, "pretrain")
-    s_mean, s_std = pretrain_on_sif(ctx, net)
+    net, sif_scale = pretrained_mlp(ctx)
     ctx.provenance["history"] = ctx.history
-    module, info = sif_conversion(ctx, net, (s_mean, s_std))
+    module, info = sif_conversion(ctx, net, sif_scale)
     # GPP >= 0: the same softplus floor as the trained methods (slopes are fitted on the raw
     # SIF; the floor only changes predictions where slope * SIF < ~2 gC m-2 d-1)
     floored = NonNegative(module, [1.0], [0.0], [0]).eval()
