@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(VENV)/.installed-test: $(VENV)/.torch pyproject.toml
 	$(PIP) install --quiet -e ".[test]"
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-docs: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet -e ".[docs]"
+	touch $@ $(VENV)/.installed
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/xgpp demo
 
@@ -37,6 +41,13 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/predict.py
 	$(PY) benchmarks/train_loader.py
+
+# HTML documentation in docs/_build/html; every Sphinx warning is an error.  The API pages
+# under docs/generated and every page are rebuilt each time (-E), so a removed name leaves no
+# stale page and no warning hides in an unchanged file.
+docs: $(VENV)/.installed-docs
+	rm -rf docs/generated
+	$(VENV)/bin/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) xgpp-demo .pytest_cache

@@ -163,6 +163,7 @@ def build_catalog(
     Returns
     -------
     intake.readers.entry.Catalog
+        The catalog, not yet written (see :func:`write_catalog`).
     """
     from intake.readers.entry import Catalog
 

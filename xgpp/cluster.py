@@ -308,11 +308,10 @@ class CUDABackend(_ClientBackend):
     threads_per_worker : int, optional
         Dask threads per worker; default the cores per GPU shared among its processes, at
         least 2, so threads read and decode the next chunks while one drives the GPU.
-    CUDA_VISIBLE_DEVICES : str or list, optional
-        GPUs to use; default every visible GPU.
     **cluster_kwargs
-        Passed on to ``dask_cuda.LocalCUDACluster`` (e.g. ``rmm_pool_size``); they need
-        ``processes_per_gpu=1``.
+        ``CUDA_VISIBLE_DEVICES`` (str or list): the GPUs to use, default every visible GPU.
+        Any other keyword is passed on to ``dask_cuda.LocalCUDACluster`` (e.g.
+        ``rmm_pool_size``) and needs ``processes_per_gpu=1``.
     """
 
     kind = "cuda"

@@ -304,7 +304,10 @@ def parse_split(spec: str) -> tuple[SiteKFold | LeaveIGBPOut | SpatialBlocks, in
 
     Returns
     -------
-    (splitter, fold_index)
+    splitter : SiteKFold or LeaveIGBPOut or SpatialBlocks
+        The splitter the spec names, with its keys.
+    fold : int
+        Index of the fold to train (the ``fold`` key).
     """
     kind, _, rest = spec.partition(":")
     kind = _ALIASES.get(kind.strip().lower(), kind.strip().lower())

@@ -106,6 +106,7 @@ _TABLE = [
              None, (0.0, 1e7)),
 ]
 
+#: Canonical variable name -> :class:`Variable` (meaning, CF standard name, unit, bounds).
 VARIABLES: dict[str, Variable] = {v.name: v for v in _TABLE}
 
 #: Time-varying gridded drivers written in the twin world's ``drivers`` store, in canonical order.

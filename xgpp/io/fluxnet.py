@@ -214,7 +214,7 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
         must be listed.  Without it ``lat``/``lon`` are NaN and ``igbp`` is ``""``.
     gpp_variable : str
         GPP column, e.g. ``"GPP_NT_VUT_REF"`` (night-time partitioning) or ``"GPP_DT_VUT_REF"``;
-        recorded in ``ds.gpp.attrs['source_variable']``.
+        recorded in ``ds["gpp"].attrs['source_variable']``.
     freq : {"8D", "D", "MS"}
         Output time step; ``"8D"``: MODIS convention, labels are step starts.
     min_coverage : float
@@ -234,7 +234,7 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
     -------
     xarray.Dataset
         ``gpp`` [gC m-2 d-1] and drivers on ``(site, time)`` with coordinates ``lat``, ``lon``
-        and ``igbp`` (IGBP code, str).  ``ds.gpp.attrs`` counts values read and dropped
+        and ``igbp`` (IGBP code, str).  ``ds["gpp"].attrs`` counts values read and dropped
         (``n_values_read``, ``n_dropped_missing``, ``n_dropped_qc``,
         ``n_steps_dropped_coverage``); the same counts are logged on ``xgpp.io``.  Driver
         columns missing from files are recorded in ``ds.attrs['missing_driver_columns']``, a
