@@ -152,7 +152,8 @@ def test_moe_bundle_round_trips_and_predicts_both_outputs(tmp_path):
 
 
 # kind -> a method whose bundle has that kind; a new kind must add itself here
-KIND_METHOD = {"mlp": "ec-only", "sif-linear": "single-task-sif", "moe": "moe"}
+KIND_METHOD = {"mlp": "ec-only", "sif-linear": "single-task-sif", "moe": "moe",
+               "mlp-sif-input": "siftml-sifinput"}
 
 
 @pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
@@ -160,6 +161,10 @@ def test_every_registered_kind_saves_loads_and_predicts_chunked_as_in_memory(kin
     assert kind in KIND_METHOD, f"add a method that trains kind {kind!r} to KIND_METHOD"
     if KIND_METHOD[kind] == "ec-only":
         m = run("ec-only", TrainConfig(ec=PhaseConfig(max_epochs=2)), split="site-kfold:k=4,fold=0")
+    elif METHODS[KIND_METHOD[kind]].sif_product == "sif_tropomi":
+        from test_train_variants import trained as transfer_trained
+
+        m = transfer_trained(KIND_METHOD[kind])
     else:
         m = trained(KIND_METHOD[kind])
     assert m.kind == kind

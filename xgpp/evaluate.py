@@ -24,7 +24,7 @@ __all__ = [
     "step_days",
 ]
 
-#: latitude bands [degree] of the regional scores: name -> (min |lat|, max |lat|)
+#: latitude bands [degree] of the regional scores: name -> ``(min abs(lat), max abs(lat))``
 REGIONS: dict[str, tuple[float, float]] = {
     "tropics": (0.0, 23.5),
     "temperate": (23.5, 50.0),

@@ -276,7 +276,7 @@ def plot_mean_maps(means: Mapping[str, xr.DataArray], truth: xr.DataArray, path:
 
     Mean maps share one sequential colour scale (``YlGn``, 0 to the 99th percentile of all
     panels); error maps (method - truth) share one diverging scale (``RdBu_r``) symmetric about
-    0 at the 98th percentile of |error|.  Each panel title gives the area-weighted (cos latitude)
+    0 at the 98th percentile of ``|error|``.  Each panel title gives the area-weighted (cos latitude)
     mean, each error title the area-weighted bias and RMSE.  Panels wrap after ``max_cols``.
 
     Parameters

@@ -11,7 +11,7 @@ from typing import Any
 
 import xarray as xr
 
-__all__ = ["predict_from_catalog", "run_demo", "subset"]
+__all__ = ["DEMO_METHODS", "predict_from_catalog", "run_demo", "subset"]
 
 
 def subset(ds: xr.Dataset, *, start: str | None = None, end: str | None = None,
@@ -76,91 +76,90 @@ def predict_from_catalog(catalog: str, model: str, out: str, *, cluster: str | N
     return url
 
 
-def run_demo(out: str = "xgpp-demo", *, resolution: float = 2.0, years: int = 6,
-             cluster: str | None = "local") -> dict[str, Any]:
-    """The main job: twin world -> SIFTML and baselines -> global prediction -> scores and plots.
+#: methods of the demo: SIFTML, its baselines, and the multi-task MoE
+DEMO_METHODS = ("siftml", "ec-only", "sif-only", "pmodel", "moe")
 
-    Returns the scores as a dict (also written to ``OUT/scores.json``).
+
+def run_demo(out: str = "xgpp-demo", *, resolution: float = 2.0, years: int = 6,
+             cluster: str | None = "local", methods: tuple[str, ...] = DEMO_METHODS,
+             config: Any = None) -> dict[str, Any]:
+    """The main job: twin world -> SIFTML, baselines and MoE -> global prediction -> report.
+
+    A one-run experiment (:func:`xgpp.experiment.run_experiment`, one seed, one
+    leave-site-out fold) on the embedded default world, plus the global SIFTML prediction
+    streamed to ``OUT/prediction/prediction.zarr`` on a Dask cluster.  Writes
+    ``OUT/report.html``, ``OUT/report.md``, the figures, ``OUT/metrics.{json,csv}`` and
+    ``OUT/scores.json``; returns the scores (method -> field and held-out-site scores).
+    Rerunning reuses the world and every finished run.
     """
     from rich.console import Console
     from rich.table import Table
 
-    from xgpp.catalog import open_catalog, open_cube
-    from xgpp.evaluate import scores as score_all
-    from xgpp.models import load_model
-    from xgpp.plots import plot_maps, plot_site_scatter
-    from xgpp.predict import predict
-    from xgpp.splits import parse_split
+    from xgpp.experiment import ExperimentConfig, run_experiment
     from xgpp.synthetic import write_world
-    from xgpp.train import METHODS, train_from_catalog
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
     root = Path(out).resolve()
-    world_dir, models_dir, pred_dir = root / "world", root / "models", root / "prediction"
-    for d in (world_dir, models_dir, pred_dir):
+    world_dir, pred_dir = root / "world", root / "prediction"
+    for d in (world_dir, pred_dir):
         d.mkdir(parents=True, exist_ok=True)
     end_year = 2020
     start_year = end_year - years + 1
     catalog = world_dir / "catalog.yaml"
     if not catalog.exists():
-        console.rule(f"1/4 twin world: {resolution} deg, {start_year}-{end_year}")
+        console.rule(f"1/3 twin world: {resolution} deg, {start_year}-{end_year}")
         write_world(str(world_dir), resolution=resolution, start=f"{start_year}-01-01",
                     end=f"{end_year}-12-31", chunks={"time": 46, "lat": 90, "lon": 90})
     else:
-        console.rule(f"1/4 twin world: reusing {world_dir}")
-    cat = open_catalog(str(catalog))
-    sites = open_cube("sites", catalog=cat).compute()
-    split = "site-kfold:k=5,fold=0"
-    splitter, k = parse_split(split)
-    fold = splitter.folds(sites)[k]
+        console.rule(f"1/3 twin world: reusing {world_dir}")
+    cfg = ExperimentConfig(worlds=("default",), resolution=resolution, years=years,
+                           seeds=(0,), methods=tuple(methods), splits=("site-kfold:k=5",),
+                           variant_splits=(), sif_scales=(1.0,), parallel=2, site_series=4,
+                           pairs=50_000, train=config or {})
+    console.rule("2/3 SIFTML, baselines and the MoE, each in its own process "
+                 "(held-out sites: site-kfold:k=5,fold=0)")
+    summary = run_experiment(str(root), config=cfg, catalog=str(catalog), world_name="default")
+    rows = [r for r in summary["rows"] if r["kind"] == "site-kfold" and r["split"]]
+    by = {r["method"]: r for r in rows}
+    console.rule(f"3/3 global prediction with SIFTML on a {cluster or 'threaded'} Dask cluster")
+    url = None
+    if by.get("siftml", {}).get("status") == "ok":
+        from xgpp.experiment.plan import Run
 
-    console.rule(f"2/4 training SIFTML and baselines (held-out sites: {split})")
-    paths = {}
-    # the registry's trained methods of the SIFTML comparison (full-coverage SIF and sites)
-    methods = [m.name for m in METHODS.values() if m.comparison == "transfer" and m.needs_sites]
-    for method in methods:
-        paths[method] = models_dir / method
-        if not (paths[method] / "model.json").exists():
-            console.print(f"[bold]{method}[/bold]")
-            train_from_catalog(str(catalog), method=method, split=split, out=str(paths[method]))
-
-    console.rule(f"3/4 global prediction with SIFTML on a {cluster or 'threaded'} Dask cluster")
-    url = predict_from_catalog(str(catalog), str(paths["siftml"]), str(pred_dir), cluster=cluster)
-
-    console.rule("4/4 scores")
-    truth = open_cube("truth", catalog=cat)["gpp"]
-    drivers = open_cube("drivers", catalog=cat)
-    test = sites.sel(site=list(fold.test))
-    scores: dict[str, Any] = {}
-    scatter = {}
-    for method, path in paths.items():
-        if method == "siftml":
-            est = xr.open_zarr(url, consolidated=False)["gpp"]
-        else:
-            est = predict(drivers, load_model(str(path)))["gpp"]
-        fs, ss, at = score_all(est, truth, test)
-        scores[method] = {"field": fs, "held_out_sites": ss}
-        scatter[method] = (at.values.ravel(), test["gpp"].sel(time=at.time).values.ravel())
-        if method == "siftml":
-            maps = plot_maps(est, truth, root / "map_siftml.png", title="SIFTML GPP")
-    scat = plot_site_scatter(scatter, root / "scatter_held_out_sites.png")
-
-    table = Table(title=f"GPP scores ({len(fold.test)} held-out sites; truth field)")
-    for col in ("method", "field R2", "field RMSE", "site R2", "site RMSE", "bias low 10%",
-                "bias high 10%"):
+        run = Run("default", "siftml", "site-kfold", by["siftml"]["split"], 0)
+        url = predict_from_catalog(str(catalog), str(root / "runs" / run.id / "model"),
+                                   str(pred_dir), cluster=cluster)
+    scores = {m: {"field": {"r2": r["field_r2"], "rmse": r["field_rmse"],
+                            "bias": r["field_bias"], "spatial_r2": r["spatial_r2"]},
+                  "held_out_sites": {"r2": r["site_r2"], "rmse": r["site_rmse"],
+                                     "bias": r["site_bias"], "slope": r["site_slope"],
+                                     "bias_true_q1": r["bias_true_q1"],
+                                     "bias_true_q5": r["bias_true_q5"]},
+                  "status": r["status"]}
+              for m, r in by.items()}
+    table = Table(title="GPP scores (held-out sites: site-kfold:k=5,fold=0; truth field)")
+    for col in ("method", "field R2", "field RMSE", "spatial R2", "site R2", "site RMSE",
+                "bias low GPP", "bias high GPP", "SIF tracks R2"):
         table.add_column(col, justify="right")
-    for method, s in scores.items():
-        f, st = s["field"], s["held_out_sites"]
-        table.add_row(method, f"{f['r2']:.3f}", f"{f['rmse']:.2f}", f"{st['r2']:.3f}",
-                      f"{st['rmse']:.2f}", f"{st['bias_low_decile']:+.2f}",
-                      f"{st['bias_high_decile']:+.2f}")
+    for m, r in by.items():
+        if r["status"] != "ok":
+            table.add_row(m, f"failed: {r['error'][:60]}", *[""] * 7)
+            continue
+        sif = r.get("sif_tracks_r2", float("nan"))
+        table.add_row(m, f"{r['field_r2']:.3f}", f"{r['field_rmse']:.2f}",
+                      f"{r['spatial_r2']:.3f}",
+                      "-" if r["site_r2"] != r["site_r2"] else f"{r['site_r2']:.3f}",
+                      "-" if r["site_rmse"] != r["site_rmse"] else f"{r['site_rmse']:.2f}",
+                      f"{r['bias_true_q1']:+.2f}", f"{r['bias_true_q5']:+.2f}",
+                      "-" if sif != sif else f"{sif:.3f}")
     Console().print(table)
     (root / "scores.json").write_text(json.dumps(scores, indent=1))
-    console.print(f"outputs in {root}:\n  world      {world_dir}/catalog.yaml\n"
-                  f"  models     {models_dir}/{{{','.join(methods)}}}\n"
+    console.print(f"outputs in {root}:\n  report     {root / 'report.html'} (and report.md, "
+                  f"figures/)\n  world      {world_dir}/catalog.yaml\n"
+                  f"  models     {root}/runs/default/*/model\n"
                   f"  prediction {url} (catalog {pred_dir}/catalog.yaml)\n"
-                  f"  pictures   {maps}, {scat}\n  scores     {root / 'scores.json'}\n"
+                  f"  scores     {root / 'scores.json'}, {root / 'metrics.csv'}\n"
                   f"finished in {time.perf_counter() - t0:.0f} s")
     return scores
 

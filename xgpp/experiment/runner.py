@@ -18,7 +18,7 @@ __all__ = ["prepare_worlds", "reference", "run_experiment", "run_pending"]
 
 
 def prepare_worlds(cfg: ExperimentConfig, root: Path, *, catalog: str | None = None,
-                   console: Any = None) -> dict[str, str]:
+                   console: Any = None, world_name: str = "catalog") -> dict[str, str]:
     """World name -> catalog path: the given catalog, or each variant generated once.
 
     A world folder with a ``catalog.yaml`` is complete (the writer adds it last), so it is
@@ -27,7 +27,7 @@ def prepare_worlds(cfg: ExperimentConfig, root: Path, *, catalog: str | None = N
     from xgpp.synthetic import write_world
 
     if catalog is not None:
-        return {"catalog": str(catalog)}
+        return {world_name: str(catalog)}
     out = {}
     start = cfg.end_year - cfg.years + 1
     for name in cfg.worlds:
@@ -118,6 +118,11 @@ def run_pending(runs: list[Run], worlds: dict[str, str], cfg: ExperimentConfig, 
         res = _result(d / "result.json")
         if res is None or res.get("status") != "ok":
             todo.append(r)
+    # the first split on every world first (the headline comparison), then the other splits
+    worlds_order = {w: i for i, w in enumerate(worlds)}
+    first_kind = runs[0].kind if runs else None
+    todo.sort(key=lambda r: (r.kind != first_kind, r.sif_scale != 1.0, worlds_order[r.world],
+                             r.seed))
 
     def one(r: Run) -> dict:
         d = root / "runs" / r.id
@@ -157,7 +162,8 @@ def run_pending(runs: list[Run], worlds: dict[str, str], cfg: ExperimentConfig, 
 
 def run_experiment(out: str, *, config: ExperimentConfig | None = None,
                    catalog: str | None = None, progress: bool = True,
-                   report: bool = True, run: bool = True) -> dict[str, Any]:
+                   report: bool = True, run: bool = True,
+                   world_name: str = "catalog") -> dict[str, Any]:
     """Run (or resume) an experiment and write its report.
 
     Parameters
@@ -177,6 +183,8 @@ def run_experiment(out: str, *, config: ExperimentConfig | None = None,
         Write the metrics and the report at the end.
     run : bool
         Run pending runs (False: only rewrite the report from the finished ones).
+    world_name : str
+        Name of the world a given ``catalog`` holds, in tables and run folders.
 
     Returns
     -------
@@ -194,7 +202,8 @@ def run_experiment(out: str, *, config: ExperimentConfig | None = None,
     root.mkdir(parents=True, exist_ok=True)
     (root / "experiment.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     t0 = time.perf_counter()
-    worlds = prepare_worlds(cfg, root, catalog=catalog, console=console)
+    worlds = prepare_worlds(cfg, root, catalog=catalog, console=console,
+                            world_name=world_name)
     unknown = [m for m in (cfg.methods or ()) if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown} in the experiment config; the training "

@@ -6,18 +6,17 @@ import torch
 
 from xgpp.models.base import OUTPUTS
 from xgpp.models.bundle import TorchModel
-from xgpp.models.mlp import MLP
+from xgpp.models.mlp import MLP, build_seeded
 from xgpp.models.outputs import NonNegative
 
 __all__ = ["gpp_model", "new_mlp", "nonnegative_gpp", "release"]
 
 
 def new_mlp(ctx, n_out: int = 1) -> MLP:
-    """The configured MLP on the run's device, seeded by the run's seed."""
-    torch.manual_seed(ctx.seed)
+    """The configured MLP on the run's device, seeded by the run's seed (local generator)."""
     spec = ctx.spec
-    return MLP(spec.n_features, n_out, ctx.config.net, embed_column=spec.embed_column
-               ).to(ctx.device)
+    return build_seeded(lambda: MLP(spec.n_features, n_out, ctx.config.net,
+                                    embed_column=spec.embed_column), ctx.seed).to(ctx.device)
 
 
 def release(net: torch.nn.Module) -> torch.nn.Module:
