@@ -257,8 +257,35 @@ def test_cache_hit_gives_the_same_model_as_no_cache_and_skips_pretraining():
     assert hit.sha256 == plain.sha256 == first.sha256
     assert hit.provenance["history"]["pretrain"] == json.loads(json.dumps(
         plain.provenance["history"]["pretrain"]))
+    # no pickle, no temporary left behind; the (empty) lock file serialises concurrent runs
     assert {p.suffix for p in __import__("pathlib").Path(cache_dir()).iterdir()} == {
-        ".safetensors"}  # no pickle, no temporary left behind
+        ".safetensors", ".lock"}
+
+
+def test_cache_lock_serialises_processes(tmp_path):
+    """A second process asking for a key waits while the first holds it."""
+    import subprocess
+    import sys
+    import time
+
+    cache = PretrainCache(str(tmp_path / "c"))
+    held = tmp_path / "held"
+    code = ("import pathlib, sys, time; from xgpp.train.methods._cache import PretrainCache\n"
+            "with PretrainCache(sys.argv[1]).lock('k'):\n"
+            "    pathlib.Path(sys.argv[2]).touch(); time.sleep(1.5)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "c"), str(held)])
+    deadline = time.monotonic() + 60
+    while not held.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held.exists(), "the holder never took the lock"
+    t0 = time.perf_counter()
+    with cache.lock("k"):
+        waited = time.perf_counter() - t0
+    holder.wait(timeout=30)
+    assert holder.returncode == 0
+    assert waited > 0.2
+    with cache.lock("other"):  # another key is not blocked
+        pass
 
 
 def test_cache_entries_are_verified_and_written_atomically(tmp_path):

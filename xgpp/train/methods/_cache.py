@@ -15,11 +15,13 @@ reported with a :class:`PretrainCacheWarning` and recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import uuid
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -68,6 +70,26 @@ class PretrainCache:
         self.url = str(root)
         self.fs, self.root = _fs(self.url, storage_options)
         self.root = self.root.rstrip("/")
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold an exclusive lock on entry ``key`` (local folders; a no-op elsewhere).
+
+        Runs in parallel processes that need the same pre-trained network then compute it
+        once: the first holds the lock while it trains, the others wait and load its entry.
+        """
+        if not _is_local(self.fs):
+            yield
+            return
+        import fcntl
+
+        self.fs.makedirs(self.root, exist_ok=True)
+        with open(f"{self.root}/pretrain-{key}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def path(self, key: str) -> str:
         """File of entry ``key``."""
@@ -129,6 +151,11 @@ class PretrainCache:
         else:  # object stores: one PUT per object is atomic already
             self.fs.mv(tmp, path)
         return path
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
 
 
 def _header_metadata(blob: bytes) -> dict[str, str]:

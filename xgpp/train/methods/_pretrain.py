@@ -6,6 +6,7 @@ Shared by SIFTML, its variants and the SIF-only baselines; the cache is
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,52 +98,55 @@ def pretrain_on_sif(ctx, net: torch.nn.Module, *, target: PretrainTarget | None 
         target = PretrainTarget(ctx.sif, cfg.sif_var)
     t_mean, t_std, _ = streaming_moments(target.cube, [target.var])[target.var]
     ctx.provenance[f"{target.name}_normalisation"] = {"mean": t_mean, "std": t_std}
-    cache = ctx.pretrain_cache
-    if cache is not None:
-        from xgpp.train.methods._cache import cache_key
+    with contextlib.ExitStack() as stack:
+        cache = ctx.pretrain_cache
+        if cache is not None:
+            from xgpp.train.methods._cache import cache_key
 
-        fingerprint = pretrain_fingerprint(ctx, target, (t_mean, t_std))
-        key = cache_key(fingerprint)
-        found = cache.load(key, fingerprint)
-        if found is not None:
-            state, record = found
-            net.load_state_dict(state)
-            ctx.history["pretrain"] = record["history"]
-            ctx.provenance["pretrain_cache"] = {"hit": True, "key": key}
-            return t_mean, t_std
-    lc = cfg.loader
-    val_cells = validation_cells(drivers["lat"].values, drivers["lon"].values,
-                                 block=lc.val_block, fraction=lc.val_fraction, seed=seed)
-    common = dict(target_var=target.var, target_scale=(t_mean, t_std),
-                  batch_size=cfg.pretrain.batch_size, prefetch=lc.prefetch, workers=lc.workers,
-                  client=ctx.client, seed=seed)
-    stream = GridSamples(drivers, target.cube, spec, cell_mask=~val_cells,
-                         shuffle_buffer=lc.shuffle_buffer, **common)
-    grid_val = None
-    if val_cells.any():
-        vstream = GridSamples(drivers, target.cube, spec, cell_mask=val_cells,
-                              shuffle_buffer=0, **common)
-        xs, ys, n = [], [], 0
-        for xb, yb in vstream.iterate(0, max_samples=lc.max_val_samples):
-            xs.append(xb)
-            ys.append(yb)
-            n += len(xb)
-        if n:
-            grid_val = {"x": np.concatenate(xs)[:lc.max_val_samples],
-                        "y": np.concatenate(ys)[:lc.max_val_samples]}
-    pc = cfg.pretrain
+            fingerprint = pretrain_fingerprint(ctx, target, (t_mean, t_std))
+            key = cache_key(fingerprint)
+            # one process computes a key at a time; the others wait, then find the entry
+            stack.enter_context(cache.lock(key))
+            found = cache.load(key, fingerprint)
+            if found is not None:
+                state, record = found
+                net.load_state_dict(state)
+                ctx.history["pretrain"] = record["history"]
+                ctx.provenance["pretrain_cache"] = {"hit": True, "key": key}
+                return t_mean, t_std
+        lc = cfg.loader
+        val_cells = validation_cells(drivers["lat"].values, drivers["lon"].values,
+                                     block=lc.val_block, fraction=lc.val_fraction, seed=seed)
+        common = dict(target_var=target.var, target_scale=(t_mean, t_std),
+                      batch_size=cfg.pretrain.batch_size, prefetch=lc.prefetch, workers=lc.workers,
+                      client=ctx.client, seed=seed)
+        stream = GridSamples(drivers, target.cube, spec, cell_mask=~val_cells,
+                             shuffle_buffer=lc.shuffle_buffer, **common)
+        grid_val = None
+        if val_cells.any():
+            vstream = GridSamples(drivers, target.cube, spec, cell_mask=val_cells,
+                                  shuffle_buffer=0, **common)
+            xs, ys, n = [], [], 0
+            for xb, yb in vstream.iterate(0, max_samples=lc.max_val_samples):
+                xs.append(xb)
+                ys.append(yb)
+                n += len(xb)
+            if n:
+                grid_val = {"x": np.concatenate(xs)[:lc.max_val_samples],
+                            "y": np.concatenate(ys)[:lc.max_val_samples]}
+        pc = cfg.pretrain
 
-    def batches(epoch: int):
-        for xb, yb in stream.iterate(epoch, max_samples=pc.samples_per_epoch):
-            yield {"x": xb, "y": yb}
+        def batches(epoch: int):
+            for xb, yb in stream.iterate(epoch, max_samples=pc.samples_per_epoch):
+                yield {"x": xb, "y": yb}
 
-    ctx.history["pretrain"] = ctx.run_phase("pretrain", net, pc, batches=batches, val=grid_val,
-                                            loss=mse(target.name))
-    if cache is not None:
-        cache.store(key, net.state_dict(), fingerprint,
-                    {"history": ctx.history["pretrain"], "moments": [t_mean, t_std]})
-        ctx.provenance["pretrain_cache"] = {"hit": False, "key": key}
-    return t_mean, t_std
+        ctx.history["pretrain"] = ctx.run_phase("pretrain", net, pc, batches=batches, val=grid_val,
+                                                loss=mse(target.name))
+        if cache is not None:
+            cache.store(key, net.state_dict(), fingerprint,
+                        {"history": ctx.history["pretrain"], "moments": [t_mean, t_std]})
+            ctx.provenance["pretrain_cache"] = {"hit": False, "key": key}
+        return t_mean, t_std
 
 
 def pretrained_mlp(ctx, target: PretrainTarget | None = None
