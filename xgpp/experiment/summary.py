@@ -199,6 +199,32 @@ def _scale_lines(summary: dict, first: str, kind: str) -> list[list[str]]:
     return rows
 
 
+def _igbp_table(runs: list[Run], results: list[dict], world: str, kind: str) -> Any:
+    from xgpp.landcover import class_to_code
+    from xgpp.report import Table
+
+    per: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r, res in zip(runs, results, strict=True):
+        if res.get("status") != "ok" or r.world != world or r.kind != kind or r.sif_scale != 1:
+            continue
+        for k, sc in (res.get("field", {}).get("by_igbp") or {}).items():
+            per[r.method][int(k)].append((sc.get("r2", float("nan")), sc.get("bias", float("nan"))))
+    if not per:
+        return None
+    classes = sorted({k for m in per.values() for k in m})
+    codes = [str(c) for c in class_to_code(np.array(classes))]
+    rows = []
+    for m, by in per.items():
+        cells = []
+        for k in classes:
+            v = np.array(by.get(k, []), float)
+            cells.append("-" if not len(v) else f"{np.nanmean(v[:, 0]):.2f} / "
+                                                 f"{np.nanmean(v[:, 1]):+.2f}")
+        rows.append([m, *cells])
+    return Table(f"field R2 / bias by IGBP class, world {world}, split {kind}",
+                 ["method", *codes], rows)
+
+
 def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: list[dict],
                   refs: dict[str, dict], summary: dict, *, console: Any = None) -> dict:
     """Write ``metrics.json``, ``metrics.csv``, the figures and ``report.md``/``report.html``."""
@@ -282,6 +308,15 @@ def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: l
                       ["method", *[f"obs Q{q}" for q in range(1, 6)],
                        *[f"true Q{q}" for q in range(1, 6)]], quint)],
         figures=[f for f in figs if f.key in ("quintiles", "regions")]))
+    igbp_table = _igbp_table(runs, results, first, k0) if k0 else None
+    if igbp_table is not None:
+        sections.append(Section(
+            "Errors by land-cover class",
+            "Field R2 / bias [gC m-2 d-1] per IGBP class of the grid (area-weighted, every "
+            "pixel-step of the class), mean over seeds. Where a method falls short, this says "
+            "where; the `siftml-head` variant (a linear head on the frozen pre-trained "
+            "features) shows what the pre-trained features carry about GPP.",
+            tables=[igbp_table], figures=[]))
     # worlds
     wrows = []
     wkind = cfg.variant_splits[0] if cfg.variant_splits else None
