@@ -50,4 +50,4 @@ docs: $(VENV)/.installed-docs
 	$(VENV)/bin/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) xgpp-demo .pytest_cache
+	rm -rf $(VENV) xgpp-demo xgpp-experiment .pytest_cache docs/_build docs/generated

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from test_predict import _model
 
 import xgpp
 from xgpp.predict import predict
+from xgpp.samples import SampleExclusionWarning
 from xgpp.synthetic import make_world, write_world
 
 
@@ -114,3 +116,59 @@ def test_train_help_lists_the_registry_and_moe_trains_and_predicts_from_the_shel
     out = xr.open_zarr(tmp_path / "pred" / "prediction.zarr", consolidated=False)
     assert list(out.data_vars) == ["sif", "gpp"] and out.attrs["xgpp_complete"] is True
     assert float(out["gpp"].min()) >= 0.0 and np.isfinite(out["sif"].values).any()
+
+
+def test_predict_command_with_several_models_writes_the_ensemble_mean_and_spread(
+        world_and_model, tmp_path):
+    root, world, model = world_and_model
+    other = _model(world.drivers, seed=1)
+    other.save(str(tmp_path / "model1"))
+    out = tmp_path / "pred"
+    res = xgpp_cli("predict", "--catalog", str(root / "world" / "catalog.yaml"),
+                   "--model", str(root / "model"), "--model", str(tmp_path / "model1"),
+                   "--out", str(out), "--cluster", "none")
+    assert res.returncode == 0, res.stderr
+    got = xgpp.open_cube("prediction", catalog=str(out / "catalog.yaml"))
+    assert sorted(got.data_vars) == ["gpp", "gpp_std"] and got.attrs["xgpp_complete"] is True
+    expect = predict(world.drivers, [model, other])
+    for name in ("gpp", "gpp_std"):
+        np.testing.assert_allclose(got[name].values, expect[name].values, rtol=1e-5, atol=1e-5)
+    assert float(got["gpp_std"].max()) > 0.0  # two different networks disagree somewhere
+    import yaml
+
+    meta = yaml.safe_load((out / "catalog.yaml").read_text())["metadata"]
+    assert meta["model"] == [model.id, other.id]
+
+
+def test_train_command_reuses_the_pretraining_cache_given_by_cache_dir(world_and_model, tmp_path):
+    import json
+
+    from xgpp.train import train_from_catalog
+
+    root, _, _ = world_and_model
+    catalog = str(root / "world" / "catalog.yaml")
+    tiny = {"net": {"hidden": [16]},
+            "pretrain": {"max_epochs": 1, "batch_size": 512, "samples_per_epoch": 4000},
+            "head": {"max_epochs": 1}, "finetune": {"max_epochs": 1},
+            "loader": {"shuffle_buffer": 4000, "val_block": 30.0, "max_val_samples": 2000}}
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny))
+    cache = tmp_path / "cache"
+    split = "site-kfold:k=5,fold=0"
+    with warnings.catch_warnings():  # a few towers sit in cells with a missing input
+        warnings.simplefilter("ignore", SampleExclusionWarning)
+        first = train_from_catalog(catalog, method="siftml", split=split, config=str(cfg),
+                                   out=str(tmp_path / "siftml"), device="cpu", progress=False,
+                                   cache_dir=str(cache))
+    assert first.provenance["pretrain_cache"]["hit"] is False
+    assert len(list(cache.glob("pretrain-*.safetensors"))) == 1
+    # another fine-tuning of the same pre-training, from the shell: read from the cache
+    res = xgpp_cli("train", "--catalog", catalog, "--out", str(tmp_path / "head"),
+                   "--method", "siftml-head", "--split", split, "--config", str(cfg),
+                   "--device", "cpu", "--cache-dir", str(cache))
+    assert res.returncode == 0, res.stderr
+    head = xgpp.load_model(str(tmp_path / "head"))
+    assert head.provenance["pretrain_cache"] == first.provenance["pretrain_cache"] | {"hit": True}
+    # nothing was pre-trained again: the pre-training history is the cached one
+    assert head.provenance["history"]["pretrain"] == first.provenance["history"]["pretrain"]
+    assert len(list(cache.glob("pretrain-*.safetensors"))) == 1

@@ -162,22 +162,37 @@ def test_quickstart_runs_as_written_within_a_minute(tmp_path):
     assert float(out["gpp"].min()) >= 0.0
 
 
-# README.md predates the skip-test convention: until it carries a marker, its blocks (a
-# 1-degree, six-year world trained at full size; FLUXNET/TROPOSIF archives) are not run here.
-_README_ADOPTED = "<!-- skip-test" in README.read_text()
+#: README's tour promises "about a minute on two cores"; the test allows this much [s] (a
+#: shared runner), and gives up at twice that.
+README_SECONDS = 240.0
 
 
-@pytest.mark.xfail(not _README_ADOPTED, run=False, strict=True,
-                   reason="README.md has no <!-- skip-test --> markers yet; its python blocks "
-                          "need hours or absent archives (requested from the README owner)")
 def test_readme_runs_as_written(tmp_path):
     blocks = python_blocks(README)
     runnable = [b for b in blocks if not b.skip]
+    skipped = [b for b in blocks if b.skip]
+    # the tour runs; what cannot run here (a bucket, the real archives) says why it is skipped
+    assert any("train_from_catalog" in b.code for b in runnable), "README lost its tour"
+    assert skipped and all(b.reason for b in skipped), (
+        f"README skip-test markers must give a reason: lines {[b.line for b in skipped]}")
+    assert len(runnable) + len(skipped) == len(blocks)
     work = tmp_path / "readme"
     work.mkdir()
-    if runnable:
-        run_blocks(runnable, work, timeout=3 * QUICKSTART_SECONDS)
-    assert len(runnable) + sum(b.skip for b in blocks) == len(blocks) > 0
+    elapsed = run_blocks(runnable, work, timeout=2 * README_SECONDS)
+    print(f"README blocks ran in {elapsed:.0f} s ({len(skipped)} skip-test blocks)")
+    assert elapsed < README_SECONDS, (
+        f"README's tour took {elapsed:.0f} s; it promises about a minute on two cores")
+    import xarray as xr
+
+    for name in ("siftml", "siftml-seed1", "moe"):
+        assert (work / "models" / name / "model.json").is_file(), name
+    single = xr.open_zarr(work / "out" / "prediction.zarr", consolidated=False)
+    assert single.attrs["xgpp_complete"] is True and float(single["gpp"].min()) >= 0.0
+    ens = xr.open_zarr(work / "out" / "ensemble.zarr", consolidated=False)
+    assert sorted(ens.data_vars) == ["gpp", "gpp_std"] and ens.attrs["xgpp_complete"] is True
+    assert float(ens["gpp_std"].min()) >= 0.0 and float(ens["gpp_std"].max()) > 0.0
+    moe = json.loads((work / "models" / "moe" / "model.json").read_text())
+    assert {"gpp", "sif"} <= set(moe["outputs"])
 
 
 # --------------------------------------------------------------------------- the API page

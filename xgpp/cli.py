@@ -54,19 +54,26 @@ def train(
     config: Annotated[str | None, typer.Option(help="JSON file with a TrainConfig dict.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    cache_dir: Annotated[str | None, typer.Option(
+        metavar="DIR", help="Pre-training cache folder: runs that share a pre-training (same data, "
+             "pre-training config and seed) reuse it; default $XGPP_CACHE_DIR, else none.")
+    ] = None,
 ) -> None:
     """Train a model from a catalog's cubes and save its bundle to OUT."""
     from xgpp.train import train_from_catalog
 
     model = train_from_catalog(catalog, method=method, split=split, out=out, config=config,
-                               seed=seed, device=device, sif_product=sif_product)
+                               seed=seed, device=device, sif_product=sif_product,
+                               cache_dir=cache_dir)
     typer.echo(f"{model}\nsaved to {out}; load it with xgpp.load_model({out!r})")
 
 
 @app.command()
 def predict(
     catalog: Annotated[str, typer.Option(help="Catalog holding a 'drivers' entry.")],
-    model: Annotated[str, typer.Option(help="Model bundle folder or URL.")],
+    model: Annotated[list[str], typer.Option(
+        metavar="PATH", help="Model bundle folder or URL; give it several times for an ensemble (the store "
+             "then holds each output's member mean v and spread v_std).")],
     out: Annotated[str, typer.Option(help="Output folder: prediction.zarr + catalog.yaml.")],
     cluster: Annotated[str, typer.Option(
         help="local, cuda, gateway, auto, none (threads) or a scheduler address.")] = "local",
@@ -83,7 +90,7 @@ def predict(
     """Predict GPP over a catalog's driver cube to Zarr (resumes an interrupted run)."""
     from xgpp.workflows import predict_from_catalog
 
-    url = predict_from_catalog(catalog, model, out, cluster=cluster, start=start, end=end,
+    url = predict_from_catalog(catalog, model[0] if len(model) == 1 else model, out, cluster=cluster, start=start, end=end,
                                bbox=bbox, device=device, precision=precision,
                                batch_size=batch_size, overwrite=overwrite)
     typer.echo(f"wrote {url}; catalog {out}/catalog.yaml (entry 'prediction')")

@@ -50,7 +50,8 @@ def _maybe_cluster(kind: str | None) -> Iterator[Any]:
         yield client
 
 
-def predict_from_catalog(catalog: str, model: str, out: str, *, cluster: str | None = "local",
+def predict_from_catalog(catalog: str, model: str | list[str] | tuple[str, ...], out: str, *,
+                         cluster: str | None = "local",
                          start: str | None = None, end: str | None = None,
                          bbox: str | None = None, device: str = "auto",
                          precision: str = "float32", batch_size: int | None = None,
@@ -58,13 +59,27 @@ def predict_from_catalog(catalog: str, model: str, out: str, *, cluster: str | N
                          progress: bool = True) -> str:
     """Predict over the catalog's ``drivers`` to ``OUT/prediction.zarr`` and write ``OUT/catalog.yaml``.
 
-    Re-running with the same arguments resumes an interrupted run.
+    ``model`` is one bundle path or URL, or a list of them: an ensemble, whose store holds
+    each output ``v`` as the member mean and ``v_std`` as the spread (see
+    :func:`xgpp.predict.write_prediction`).  Re-running with the same arguments resumes an
+    interrupted run.
     """
+    import os
+
     from xgpp.catalog import open_cube, write_catalog
     from xgpp.models import load_model
     from xgpp.predict import write_prediction
 
-    bundle = load_model(model)
+    if isinstance(model, str | os.PathLike):
+        bundle: Any = load_model(model)
+        ids: Any = bundle.id
+    else:
+        paths = list(model)
+        if not paths:
+            raise ValueError("model=[]: give one model bundle path, or a list of them for an "
+                             "ensemble (xgpp predict --model A --model B).")
+        bundle = [load_model(p) for p in paths]
+        ids = [b.id for b in bundle]
     drivers = subset(open_cube("drivers", catalog=catalog), start=start, end=end, bbox=bbox)
     url = f"{str(out).rstrip('/')}/prediction.zarr"
     with _maybe_cluster(cluster):
@@ -72,7 +87,7 @@ def predict_from_catalog(catalog: str, model: str, out: str, *, cluster: str | N
                          batch_size=batch_size, overwrite=overwrite,
                          storage_options=storage_options, progress=progress)
     write_catalog(out, names=("prediction",), storage_options=storage_options,
-                  extra={"model": bundle.id, "catalog": str(catalog)})
+                  extra={"model": ids, "catalog": str(catalog)})
     return url
 
 

@@ -46,8 +46,9 @@ class Method:
         Takes a ``tracks:`` part of the split (held-out SIF track segments).
     comparison : str
         The study comparison it belongs to: ``"transfer"`` (SIFTML and its baselines, on
-        full-coverage SIF) or ``"multitask"`` (the MoE and its single-task baselines, on
-        sparse tracks).
+        full-coverage SIF), ``"transfer-variant"`` (the other ways of transferring the SIF
+        network to GPP: ``siftml-head``, ``siftml-l2sp``, ``sif-only-global``, ...) or
+        ``"multitask"`` (the MoE and its single-task baselines, on sparse tracks).
     """
 
     name: str
