@@ -34,6 +34,20 @@ source of :mod:`xgpp.io.sources`.
 Every catalog-level parameter (``XGPP_DATA``, ``XGPP_S3_ROOT``, ...) is taken from the
 environment variable of the same name when set, and from keyword arguments of
 :func:`open_catalog` above all.
+
+Catalogs are data
+-----------------
+An intake catalog can name Python to run: reader and data classes by import path, functions
+through ``{func(module:name)}`` / ``{import(...)}`` templates, pickles through
+``{pickle64(...)}``, Python objects through YAML tags (``!!python/object/apply:...``).
+:func:`open_catalog` and :func:`open_cube` therefore check every catalog before any of it is
+used (:func:`check_catalog`): the YAML is read with ``yaml.safe_load`` (no object tags), each
+entry's reader must be one of :data:`ALLOWED_READERS` (xarray over Zarr/netCDF, or xgpp's
+file sources through :func:`xgpp.io.sources.open_source`), each data description one of
+:data:`ALLOWED_DATATYPES`, user parameters plain intake ones over builtin types, no function,
+import or pickle templates, ``env()`` templates only for ``XGPP_*`` variables, and the
+opener's ``STORAGE_OPTIONS`` (credentials) only as an entry's whole ``storage_options``.
+Anything else raises :class:`CatalogSecurityError` naming the file, the entry and the callable.
 """
 
 from __future__ import annotations
@@ -49,11 +63,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from intake.readers.entry import Catalog
 
 __all__ = [
+    "ALLOWED_DATATYPES",
+    "ALLOWED_READERS",
     "CATALOG_FILE",
+    "CatalogSecurityError",
     "PACKAGED_CATALOGS",
     "STORES",
     "build_catalog",
     "catalog_entry_for_source",
+    "check_catalog",
     "catalogs_dir",
     "entry_location",
     "list_entries",
@@ -85,6 +103,35 @@ PACKAGED_CATALOGS: dict[str, str] = {
 _DEFAULT = "twin_world"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+#: intake 2 readers a catalog entry may use -> what xgpp lets them do.
+ALLOWED_READERS: dict[str, str] = {
+    "intake.readers.readers:XArrayDatasetReader":
+        "xarray over Zarr or netCDF stores (engine zarr, netcdf4, h5netcdf or scipy)",
+    "intake.readers.convert:GenericFunc":
+        "xgpp's file sources only (func xgpp.io.sources:open_source, as made by "
+        "catalog_entry_for_source)",
+}
+#: intake 2 data descriptions an entry's data may be.
+ALLOWED_DATATYPES: frozenset[str] = frozenset({
+    "intake.readers.datatypes:Zarr", "intake.readers.datatypes:NetCDF3",
+    "intake.readers.datatypes:HDF5",
+})
+#: functions a ``GenericFunc`` entry may call (its ``func`` key only).
+_ALLOWED_FUNCS = frozenset({"xgpp.io.sources:open_source"})
+_ALLOWED_ENGINES = frozenset({"zarr", "netcdf4", "h5netcdf", "scipy"})
+_ALLOWED_OUTPUTS = frozenset({None, "xarray:Dataset"})
+_ALLOWED_PARAMETERS = frozenset(
+    f"intake.readers.user_parameters:{n}" for n in (
+        "BaseUserParameter", "SimpleUserParameter", "OptionsUserParameter",
+        "MultiOptionUserParameter", "BoundedNumberUserParameter"))
+_ALLOWED_DTYPES = frozenset({"str", "int", "float", "bool", "list", "dict", "tuple", "object"})
+#: user parameters intake sets when it opens a file (never checked, never shown: credentials)
+_RESERVED = frozenset({"CATALOG_DIR", "CATALOG_PATH", "STORAGE_OPTIONS"})
+
+
+class CatalogSecurityError(ValueError):
+    """A catalog names Python to run that xgpp does not allow (see :func:`check_catalog`)."""
 
 
 def catalogs_dir() -> Path:
@@ -411,12 +458,12 @@ def open_catalog(
     intake.readers.entry.Catalog
         ``list(cat.entries)`` names the cubes; see :func:`open_cube`.
     """
-    import intake
-
     url = _catalog_url(path)
     options = dict(storage_options or {})
     try:
-        cat = intake.from_yaml_file(url, **options)
+        cat = _read_catalog(url, options)
+    except ValueError:  # refused (CatalogSecurityError) or not a catalog: already says which
+        raise
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"no catalog at {url}. Write one with xgpp.catalog.write_catalog(root) (done by "
@@ -448,6 +495,275 @@ def open_catalog(
     return cat(**overrides) if overrides else cat
 
 
+def _read_catalog(url: str, options: dict[str, Any]) -> Catalog:
+    """``intake.from_yaml_file`` with safe YAML and :func:`check_catalog` before any use."""
+    import fsspec
+    from intake.readers.entry import Catalog
+
+    of = fsspec.open(url, mode="rb", **options)
+    with of as stream:
+        text = stream.read()
+    data = _safe_yaml(text, url)
+    check_catalog(data, url)
+    try:
+        cat = Catalog.from_dict(data)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(f"catalog {url} is not a valid intake 2 catalog ({type(err).__name__}: "
+                         f"{err}); write catalogs with xgpp.catalog.write_catalog.") from err
+    # what intake.from_yaml_file sets: the templates {CATALOG_DIR} and {STORAGE_OPTIONS}
+    cat.user_parameters["CATALOG_PATH"] = url
+    cat.user_parameters["CATALOG_DIR"] = of.fs.unstrip_protocol(of.fs._parent(url))
+    # the options (credentials) fill {STORAGE_OPTIONS} of the entries; held so that no repr
+    # shows their values and a re-saved catalog (cat.to_yaml_file) refuses rather than writes
+    cat.user_parameters["STORAGE_OPTIONS"] = _SecretOptions(options) if options else options
+    return cat
+
+
+class _SecretOptions(Mapping):
+    """Storage options held by an opened catalog: a mapping whose repr shows the keys only.
+
+    Not a ``dict``: intake's ``to_dict`` copies dicts into plain ones, while this passes
+    through and ``yaml.safe_dump`` cannot represent it, so ``cat.to_yaml_file(...)`` of a
+    catalog opened with credentials raises instead of writing them.
+    """
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self._options = dict(options)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._options[key]
+
+    def __iter__(self):
+        return iter(self._options)
+
+    def __len__(self) -> int:
+        return len(self._options)
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k!r}: '***'" for k in self._options) + "}"
+
+    __str__ = __repr__
+
+    def __reduce__(self):  # sent to dask workers as a plain dict (the values are needed)
+        return (dict, (self._options,))
+
+
+def _safe_yaml(text: bytes | str, url: str) -> Any:
+    """Parse catalog YAML with ``yaml.safe_load``: tags that build Python objects are refused."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        tag = str(getattr(err, "problem", "")).removeprefix(
+            "could not determine a constructor for the tag ")
+        raise CatalogSecurityError(
+            f"catalog {url} uses the YAML tag {tag}{where}, which would construct a Python "
+            "object. xgpp reads catalogs as plain data (yaml.safe_load: mappings, lists, "
+            "strings, numbers, booleans); remove the tag."
+        ) from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"catalog {url} is not valid YAML: {err}") from err
+
+
+def check_catalog(data: Any, source: str = "the catalog") -> None:
+    """Refuse a catalog (its ``to_dict()``/YAML form) that names Python xgpp does not run.
+
+    Parameters
+    ----------
+    data : dict
+        The catalog as intake 2 writes it (``version``, ``entries``, ``data``,
+        ``user_parameters``, ``aliases``, ``metadata``).
+    source : str
+        Where it comes from (file or URL), for messages.
+
+    Raises
+    ------
+    CatalogSecurityError
+        An entry's reader is not in :data:`ALLOWED_READERS`, a data description not in
+        :data:`ALLOWED_DATATYPES`, a ``GenericFunc`` calls another function than
+        ``xgpp.io.sources:open_source``, an xarray engine is not a Zarr/netCDF one, a
+        ``{func()}``/``{import()}``/``{pickle64()}`` template or a ``cls`` key appears, a user
+        parameter is not a plain intake one over a builtin type, an ``env()`` template reads a
+        variable not named ``XGPP_*``, or ``STORAGE_OPTIONS`` is used other than as an entry's
+        whole ``storage_options``.  The message names the file, the entry and the callable.
+    ValueError
+        ``data`` is not an intake 2 catalog (no ``version: 2`` mapping).
+    """
+    if isinstance(data, dict) and data.get("version") != 2 and isinstance(data.get("sources"), dict):
+        drivers = "; ".join(
+            f"entry {k!r} driver {(v.get('driver') if isinstance(v, dict) else v)!r}"
+            for k, v in data["sources"].items())
+        raise CatalogSecurityError(
+            f"catalog {source} is an intake 1 catalog ({drivers}); xgpp never imports intake 1 "
+            f"drivers. It reads intake 2 catalogs whose readers are {sorted(ALLOWED_READERS)} "
+            "(write one with xgpp.catalog.write_catalog).")
+    if not isinstance(data, dict) or data.get("version") != 2:
+        found = data.get("version") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"catalog {source} is not an intake 2 catalog (version {found!r}, "
+                         "expected 2); xgpp reads catalogs written by intake 2 / write_catalog.")
+    readers = ", ".join(f"{k} ({v})" for k, v in ALLOWED_READERS.items())
+    for name, entry in _mapping(data, "entries", source).items():
+        where = f"catalog {source}, entry {name!r}"
+        if not isinstance(entry, dict):
+            continue  # intake keeps non-mapping entries as given: nothing to import
+        reader = entry.get("reader")
+        if reader not in ALLOWED_READERS:
+            raise CatalogSecurityError(
+                f"{where} names the reader {reader!r}, which xgpp does not run: a catalog "
+                f"entry may use only {readers}. Open such data with its own reader in code.")
+        if entry.get("output_instance") not in _ALLOWED_OUTPUTS:
+            raise CatalogSecurityError(
+                f"{where} names the output type {entry.get('output_instance')!r}, which intake "
+                f"would import; xgpp entries produce {sorted(o for o in _ALLOWED_OUTPUTS if o)}.")
+        kwargs = entry.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise CatalogSecurityError(f"{where} has kwargs of type {type(kwargs).__name__}; "
+                                       "expected a mapping of plain values.")
+        if reader.endswith(":GenericFunc"):
+            func = kwargs.get("func")
+            target = _template_target(func, "func")
+            if target not in _ALLOWED_FUNCS:
+                raise CatalogSecurityError(
+                    f"{where} calls the function {target or func!r}, which xgpp does not run: "
+                    f"GenericFunc entries may call only {sorted(_ALLOWED_FUNCS)} (entries made "
+                    "by xgpp.catalog.catalog_entry_for_source).")
+            kwargs = {k: v for k, v in kwargs.items() if k != "func"}
+        else:
+            engine = kwargs.get("engine")
+            if engine is not None and engine not in _ALLOWED_ENGINES:
+                raise CatalogSecurityError(
+                    f"{where} uses the xarray engine {engine!r}; xgpp opens "
+                    f"{sorted(_ALLOWED_ENGINES)} only.")
+        _check_values(kwargs, f"{where}, kwargs", storage_ok=False)
+        _check_parameters(entry.get("user_parameters"), where)
+    datatypes = sorted(ALLOWED_DATATYPES)
+    for token, desc in _mapping(data, "data", source).items():
+        where = f"catalog {source}, data {token!r}"
+        if not isinstance(desc, dict):
+            continue
+        if desc.get("datatype") not in ALLOWED_DATATYPES:
+            raise CatalogSecurityError(
+                f"{where} names the data type {desc.get('datatype')!r}, which xgpp does not "
+                f"import: data descriptions may be {datatypes}.")
+        kwargs = desc.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise CatalogSecurityError(f"{where} has kwargs of type {type(kwargs).__name__}; "
+                                       "expected a mapping of plain values.")
+        for key, value in kwargs.items():
+            _check_values(value, f"{where}, {key}", storage_ok=key == "storage_options")
+        _check_parameters(desc.get("user_parameters"), where)
+    _check_parameters(data.get("user_parameters"), f"catalog {source}")
+    for key in ("entries", "data", "user_parameters"):
+        if "cls" in _mapping(data, key, source):
+            raise CatalogSecurityError(f"catalog {source} has a {key} item named 'cls', which "
+                                       "intake would import; rename it.")
+
+
+def _mapping(data: dict, key: str, source: str) -> dict:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"catalog {source}: {key!r} is a {type(value).__name__}, expected a "
+                         "mapping (an intake 2 catalog).")
+    return value
+
+
+def _template_target(value: Any, kind: str) -> str | None:
+    """``module:name`` of a whole-string ``{func(module:name)}`` template, else None."""
+    import re
+
+    if not isinstance(value, str):
+        return None
+    m = re.fullmatch(rf"\{{\s*{kind}\((.+)\)\s*\}}", value.strip())
+    return m.group(1).strip() if m else None
+
+
+def _check_values(value: Any, where: str, *, storage_ok: bool) -> None:
+    """Walk kwargs: no ``cls`` keys, no code templates, secrets only where allowed."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "cls":
+                raise CatalogSecurityError(
+                    f"{where} has a 'cls' key ({v!r}): intake would import and build that "
+                    "class. xgpp catalogs hold plain values only.")
+            _check_values(v, f"{where}.{k}", storage_ok=False)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_values(v, where, storage_ok=False)
+    elif isinstance(value, str):
+        _check_string(value, where, storage_ok=storage_ok, bare=False)
+
+
+def _check_string(text: str, where: str, *, storage_ok: bool, bare: bool) -> None:
+    """Refuse code templates in ``text``; ``bare``: also without braces (parameter defaults)."""
+    import re
+
+    fields = re.findall(r"\{([^{}]*)\}", text)
+    if bare:
+        fields.append(text)
+    for field in fields:
+        body = field.strip()
+        call = re.match(r"(\w+)\s*\(([^)]*)\)", body)
+        if call:
+            fn, arg = call.group(1), call.group(2).strip()
+            if fn in ("func", "import", "pickle64"):
+                shown = arg if fn != "pickle64" else f"{arg[:20]}..."
+                raise CatalogSecurityError(
+                    f"{where} uses the template {{{fn}({shown})}}, which would "
+                    f"{'unpickle data' if fn == 'pickle64' else f'import and call {arg!r}'}. "
+                    "xgpp catalogs may not name Python callables; allowed readers: "
+                    f"{sorted(ALLOWED_READERS)} (GenericFunc calling "
+                    f"{sorted(_ALLOWED_FUNCS)} only, as its func).")
+            if fn == "env" and not arg.startswith("XGPP_"):
+                raise CatalogSecurityError(
+                    f"{where} reads the environment variable {arg!r} through {{env({arg})}}; "
+                    "catalog templates may read only XGPP_* variables (others may hold "
+                    "credentials).")
+            continue
+        if bare:
+            continue
+        if "STORAGE_OPTIONS" in body and not (storage_ok and text.strip() == "{STORAGE_OPTIONS}"):
+            raise CatalogSecurityError(
+                f"{where} uses {{{body}}}: the storage options the catalog is opened with "
+                "(credentials) may appear only as an entry's whole storage_options "
+                "('{STORAGE_OPTIONS}').")
+        if body and not re.fullmatch(r"\w+", body) and re.match(r"\w+\s*[.\[!]", body):
+            raise CatalogSecurityError(
+                f"{where} uses the template {{{body}}}: attribute or item access in templates "
+                "is not allowed (use a parameter name such as {CATALOG_DIR}).")
+
+
+def _check_parameters(params: Any, where: str) -> None:
+    """User parameters: plain intake classes over builtin types; defaults without templates."""
+    if not params:
+        return
+    if not isinstance(params, dict):
+        raise CatalogSecurityError(f"{where} has user_parameters of type "
+                                   f"{type(params).__name__}; expected a mapping.")
+    for name, up in params.items():
+        if name in _RESERVED or not isinstance(up, dict):
+            continue
+        at = f"{where}, user parameter {name!r}"
+        cls = up.get("cls")
+        if cls is not None and cls not in _ALLOWED_PARAMETERS:
+            raise CatalogSecurityError(
+                f"{at} names the class {cls!r}, which xgpp does not import: user parameters "
+                f"may be {sorted(_ALLOWED_PARAMETERS)}.")
+        dtype = up.get("dtype")
+        if dtype is not None and dtype not in _ALLOWED_DTYPES:
+            raise CatalogSecurityError(
+                f"{at} has dtype {dtype!r}: intake would call builtins.{dtype} on the value "
+                f"given for it. Allowed dtypes: {sorted(_ALLOWED_DTYPES)}.")
+        for key, value in up.items():
+            if key == "cls":
+                continue
+            _check_values(value, f"{at}.{key}", storage_ok=False)
+            if key == "default" and isinstance(value, str):  # intake templates bare defaults
+                _check_string(value, f"{at}.{key}", storage_ok=False, bare=True)
+
+
 def list_entries(catalog: Catalog) -> list[str]:
     """Entry names of ``catalog`` (sorted)."""
     return sorted(set(catalog.entries) | set(catalog.aliases))
@@ -468,14 +784,16 @@ def entry_location(catalog: Catalog, name: str) -> tuple[str, dict[str, Any]]:
 
 
 def _reader(catalog: Catalog, name: str):
+    where = catalog.user_parameters.get("CATALOG_PATH")
+    where = getattr(where, "default", where) or "the catalog"
     if name not in catalog.entries and name not in catalog.aliases:
-        where = catalog.user_parameters.get("CATALOG_PATH")
-        where = getattr(where, "default", where) or "the catalog"
         raise KeyError(
             f"no entry {name!r} in {where}; available entries: {list_entries(catalog)}. "
             "Pass one of these, or a path or URL (Zarr store, or a folder/glob of FLUXNET, "
             "TROPOMI or OCO-2 files; write a local folder as './name')."
         )
+    # a catalog object may not come from open_catalog (intake.from_yaml_file, built in code)
+    check_catalog(catalog.to_dict(), str(where))
     return catalog[name]
 
 

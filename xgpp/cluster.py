@@ -464,6 +464,13 @@ class GatewayBackend(_ClientBackend):
         self.cluster_options = dict(cluster_options or {})
         self.gateway: Any = None
 
+    def __repr__(self) -> str:
+        # the password never appears in reprs, logs or tracebacks' locals display
+        return (f"{type(self).__name__}(address={self.address!r}, "
+                f"proxy_address={self.proxy_address!r}, auth={_auth_name(self.auth)!r}, "
+                f"username={self.username!r}, password={_redacted(self.password)!r}, "
+                f"n_workers={self.n_workers!r}, cluster_options={sorted(self.cluster_options)})")
+
     def _make_auth(self) -> Any:
         from dask_gateway.auth import BasicAuth, get_auth
 
@@ -524,6 +531,16 @@ class GatewayBackend(_ClientBackend):
                 with contextlib.suppress(Exception):
                     self.gateway.close()
                 self.gateway = None
+
+
+def _redacted(secret: str | None) -> str | None:
+    """``"***"`` for a set secret, None for none: what reprs and messages show of passwords."""
+    return None if secret is None else "***"
+
+
+def _auth_name(auth: Any) -> str | None:
+    """An auth setting as shown in reprs: its name, or the auth object's class name."""
+    return auth if auth is None or isinstance(auth, str) else type(auth).__name__
 
 
 @register_backend

@@ -7,6 +7,14 @@ A bundle is a folder (local path or any fsspec URL) holding::
                           versions, training history), sha256
     weights.safetensors   the tensors (no pickle anywhere)
 
+Loading is reading data, never running it: ``model.json`` is plain JSON whose ``kind`` must
+be a registered architecture (or a :data:`KINDS` entry), the weights are read with safetensors
+only (no ``torch.load``, no unpickling; pickle files in the folder are ignored), and both files
+are verified before use: every top-level key of ``model.json`` against the sha256 recorded
+under ``integrity`` at save, every tensor's dtype, shape and bytes against ``tensors``, and the
+whole state against ``sha256``.  A mismatch raises :class:`BundleFormatError` naming the file
+and what differs.
+
 :class:`TorchModel` holds any architecture registered in :mod:`xgpp.models.registry`;
 :func:`load_model` rebuilds a bundle from its ``kind``.
 """
@@ -14,7 +22,6 @@ A bundle is a folder (local path or any fsspec URL) holding::
 from __future__ import annotations
 
 import copy
-import json
 import threading
 from typing import Any
 
@@ -26,17 +33,24 @@ from torch import nn
 from xgpp._version import __version__
 from xgpp.models._format import (
     FORMAT_NAME,
+    INTEGRITY_KEY,
     KINDS,
     METADATA_FILE,
+    TENSORS_KEY,
     WEIGHTS_FILE,
     BundleFormatError,
     _fs,
-    _json_default,
     _metadata_header,
+    check_output_names,
     ordered_outputs,
     read_metadata,
+    read_weights,
+    tensor_record,
+    verify_metadata,
+    verify_tensors,
     versions,
     weights_sha256,
+    write_metadata,
 )
 from xgpp.models.base import BUNDLE_FORMAT, PRECISIONS, default_batch_size
 from xgpp.models.features import FeatureSpec, columns_from_dataset
@@ -61,7 +75,7 @@ _DEVICE_LOCK = threading.Lock()
 _STANDARD_KEYS = frozenset({
     "format", "format_version", "kind", "method", "id", "sha256", "xgpp_version", "created",
     "inputs", "input_units", "outputs", "output_names", "output_scale", "output_offset", "features",
-    "feature_names", "net", "n_out", "provenance", "nonnegative",
+    "feature_names", "net", "n_out", "provenance", "nonnegative", INTEGRITY_KEY, TENSORS_KEY,
 })
 
 
@@ -274,7 +288,12 @@ class TorchModel:
         }
 
     def save(self, path: str, *, storage_options: dict | None = None) -> str:
-        """Write ``model.json`` and ``weights.safetensors`` under ``path`` (fsspec URL ok)."""
+        """Write ``model.json`` and ``weights.safetensors`` under ``path`` (fsspec URL ok).
+
+        ``model.json`` is :meth:`metadata` plus each tensor's dtype, shape and sha256
+        (``tensors``) and the sha256 of every top-level key (``integrity``), which
+        :func:`load_model` verifies.  ``storage_options`` are used to write and never recorded.
+        """
         from safetensors.torch import save as st_save
 
         fs, root = _fs(path, storage_options)
@@ -284,17 +303,22 @@ class TorchModel:
                                         "format_version": str(BUNDLE_FORMAT)})
         with fs.open(f"{root}/{WEIGHTS_FILE}", "wb") as f:
             f.write(blob)
-        with fs.open(f"{root}/{METADATA_FILE}", "w") as f:
-            json.dump(self.metadata(), f, indent=1, sort_keys=True, default=_json_default)
+        write_metadata(fs, root, {**self.metadata(), TENSORS_KEY: tensor_record(state)})
         return str(path)
 
     @classmethod
     def from_bundle(cls, meta: dict[str, Any], fs: Any, root: str) -> TorchModel:
-        """Rebuild from a bundle's metadata and weights (used by :func:`load_model`)."""
-        from safetensors.torch import load as st_load
+        """Rebuild from a bundle's metadata and weights (used by :func:`load_model`).
 
-        with fs.open(f"{root}/{WEIGHTS_FILE}", "rb") as f:
-            state = st_load(f.read())
+        ``meta`` is checked against its integrity record and the weights (safetensors only)
+        against ``meta`` before the module is built; any mismatch raises
+        :class:`BundleFormatError`.
+        """
+        target = f"{root}/{METADATA_FILE}"
+        check_output_names(meta, target)
+        verify_metadata(meta, target)
+        state = read_weights(fs, root)
+        verify_tensors(state, meta, f"{root}/{WEIGHTS_FILE}")
         module = build_module(meta["kind"], meta)
         try:
             module.load_state_dict(state)
@@ -304,11 +328,6 @@ class TorchModel:
                 f"{METADATA_FILE} (kind {meta['kind']!r}, net {meta['net']}). The bundle is "
                 "damaged or its files come from different models."
             ) from err
-        if len(meta["outputs"]) > 1 and not meta.get("output_names"):
-            raise BundleFormatError(
-                f"{root}/{METADATA_FILE} has {len(meta['outputs'])} outputs but no "
-                "'output_names': it was written before xgpp recorded the column order of "
-                "multi-output bundles, so which column is which cannot be told. Retrain it.")
         found = weights_sha256(module.state_dict())
         if found != meta.get("sha256"):
             raise BundleFormatError(
@@ -352,10 +371,16 @@ def check_input_units(model: Any, ds: xr.Dataset) -> None:
 def load_model(path: str, *, storage_options: dict | None = None) -> Any:
     """Load a model bundle written by ``model.save(path)`` (local path or fsspec URL).
 
+    Nothing in the bundle is run: ``model.json`` is parsed as JSON, its ``kind`` must be a
+    registered one, the weights are read as safetensors (never unpickled; ``*.pt``/``*.pkl``
+    files in the folder are ignored) and both files are verified before the model is built.
+
     Raises
     ------
     BundleFormatError
-        If ``path`` holds no bundle, one of another format version, or damaged weights.
+        If ``path`` holds no bundle, one of another format version, an unknown kind, a
+        ``model.json`` edited since it was saved, or weights that are not safetensors or differ
+        from what ``model.json`` records (the message names the file, key or tensor).
     """
     import importlib
 
