@@ -243,12 +243,11 @@ class PModelBaseline:
 
     def save(self, path: str, *, storage_options: dict | None = None) -> str:
         """Write ``model.json`` (the P-model has no weights)."""
-        from xgpp.models._format import METADATA_FILE, _fs
+        from xgpp.models._format import _fs, write_metadata
 
         fs, root = _fs(path, storage_options)
         fs.makedirs(root, exist_ok=True)
-        with fs.open(f"{root}/{METADATA_FILE}", "w") as f:
-            json.dump(self.metadata(), f, indent=1, sort_keys=True)
+        write_metadata(fs, root, self.metadata())  # sealed: an edited model.json is refused
         return str(path)
 
     @classmethod
