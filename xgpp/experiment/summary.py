@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,9 @@ def _agg(rows: list[dict], keys: tuple[str, ...]) -> dict[tuple, dict]:
     out = {}
     for key, rs in groups.items():
         ok = [r for r in rs if r["status"] == "ok"]
-        cell: dict[str, Any] = {"n": len(ok), "failed": len(rs) - len(ok)}
+        cell: dict[str, Any] = {"n": len(ok),
+                                "failed": sum(r["status"] == "failed" for r in rs),
+                                "pending": sum(r["status"] not in ("ok", "failed") for r in rs)}
         for name in COLUMNS:
             v = np.array([r[name] for r in ok], float)
             v = v[np.isfinite(v)]
@@ -179,7 +182,7 @@ def _claims(summary: dict, first: str, kind: str) -> list[str]:
         x, y = get("siftml", q), get("ec-only", q)
         if x and y:
             shrink = abs(x[0]) < abs(y[0])
-            lines.append(f"{label.capitalize()} [gC m-2 d-1]: siftml {x[0]:+.2f}, ec-only "
+            lines.append(f"{label[0].upper()}{label[1:]} [gC m-2 d-1]: siftml {x[0]:+.2f}, ec-only "
                          f"{y[0]:+.2f}: SIFTML {'shrinks' if shrink else 'does not shrink'} it.")
     versus("moe", "single-task-gpp", "site_r2", "Multi-task GPP at held-out sites")
     versus("moe", "single-task-sif", "sif_tracks_r2", "Multi-task SIF on held-out tracks")
@@ -218,8 +221,10 @@ def _igbp_table(runs: list[Run], results: list[dict], world: str, kind: str) -> 
         cells = []
         for k in classes:
             v = np.array(by.get(k, []), float)
-            cells.append("-" if not len(v) else f"{np.nanmean(v[:, 0]):.2f} / "
-                                                 f"{np.nanmean(v[:, 1]):+.2f}")
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a class with no finite R2
+                cells.append("-" if not len(v) else f"{np.nanmean(v[:, 0]):.2f} / "
+                                                     f"{np.nanmean(v[:, 1]):+.2f}")
         rows.append([m, *cells])
     return Table(f"field R2 / bias by IGBP class, world {world}, split {kind}",
                  ["method", *codes], rows)
@@ -245,7 +250,9 @@ def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: l
     table = summarise(rows)
     pd.DataFrame(rows).to_csv(root / "metrics.csv", index=False)
     summary = {**summary, "summary": table, "rows": rows,
-               "failed": [r for r in rows if r["status"] != "ok"]}
+               "failed": [r for r in rows if r["status"] == "failed"],
+               "pending": [r["split"] and f"{r['world']}/{r['method']}/{r['split']}/{r['seed']}"
+                           for r in rows if r["status"] not in ("ok", "failed")]}
     (root / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
     from xgpp.experiment.figures import make_figures
     from xgpp.report import Figure, Section, Table, write_report
@@ -269,7 +276,8 @@ def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: l
             c = s[m].get("1")
             if c is None:
                 continue
-            trows.append([m, f"{c['n']}" + (f" ({c['failed']} failed)" if c["failed"] else ""),
+            note = ", ".join(f"{c[k]} {k}" for k in ("failed", "pending") if c.get(k))
+            trows.append([m, f"{c['n']}" + (f" ({note})" if note else ""),
                           *[_cell(c, n) for n in cols]])
         sections.append(Section(
             f"GPP scores, world `{first}`, split `{kind}`",
@@ -373,16 +381,21 @@ def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: l
                             figures=[f.figure for f in figs if f.key not in
                                      ("quintiles", "regions", "sif", "gates")]))
     fails = [[r["world"], r["method"], r["split"], str(r["seed"]), r["error"][:200]]
-             for r in rows if r["status"] != "ok"]
+             for r in rows if r["status"] == "failed"]
+    pending = sum(r["status"] not in ("ok", "failed") for r in rows)
     sections.append(Section(
-        "Failed runs", "None." if not fails else "Rerun the same command to retry them.",
+        "Failed runs", ("None." if not fails else "Rerun the same command to retry them.")
+        + (f" {pending} planned runs have not run yet (the same command resumes them)."
+           if pending else ""),
         tables=[Table("failed runs", ["world", "method", "split", "seed", "error"], fails)]
         if fails else [], figures=[]))
     for s in sections:  # the report module takes Figure records
         s.figures[:] = [f.figure if hasattr(f, "figure") else f for f in s.figures]
     meta = {"worlds": ", ".join(refs), "resolution": f"{cfg.resolution} degree",
             "record": f"{cfg.end_year - cfg.years + 1}-{cfg.end_year}",
-            "seeds": str(list(cfg.seeds)), "runs": f"{len(runs)} ({len(fails)} failed)",
+            "seeds": str(list(cfg.seeds)),
+            "runs": f"{len(runs)} planned: {len(runs) - len(fails) - pending} finished, "
+                    f"{len(fails)} failed, {pending} not run yet",
             "quick": str(cfg.quick)}
     md, html = write_report(root, title="xgpp experiment: SIFTML and the multi-task MoE on "
                                         "the twin world", sections=sections, meta=meta)
