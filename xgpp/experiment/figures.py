@@ -186,7 +186,7 @@ def _ensemble(root, cfg, runs, results, refs, first, figdir, period, console) ->
 
     mean, std = dask.compute(ens["gpp"].mean("time"), ens["gpp_std"].mean("time"))
     path = plots.plot_uncertainty(mean, std, figdir / "uncertainty_siftml.png", period=period,
-                                  label=f"SIFTML ensemble ({len(bundles)} members)",
+                                  label="SIFTML ensemble",
                                   members=len(bundles))
     return [FigureOut("uncertainty", Figure(
         path=path, caption=f"SIFTML ensemble of {len(bundles)} members (seeds and folds of "
