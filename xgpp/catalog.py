@@ -67,6 +67,7 @@ __all__ = [
     "ALLOWED_READERS",
     "CATALOG_FILE",
     "CatalogSecurityError",
+    "IncompleteStoreWarning",
     "PACKAGED_CATALOGS",
     "STORES",
     "build_catalog",
@@ -886,6 +887,7 @@ def open_cube(
     catalog: Catalog | str | os.PathLike | None = None,
     format: str | None = None,  # noqa: A002 - user-facing, as in xarray/pandas
     reader_options: Mapping[str, Any] | None = None,
+    allow_incomplete: bool = False,
     **storage_options: Any,
 ) -> xr.Dataset:
     """Open a cube lazily: a catalog entry name, a Zarr URL or a folder of real files.
@@ -911,6 +913,11 @@ def open_cube(
         (:func:`xgpp.io.read_fluxnet`), ``grid``, ``freq``, ``variable``...
         (:func:`xgpp.io.read_tropomi`, :func:`xgpp.io.read_oco2_lite`).  For a file-source
         entry they update the options stored in the catalog.  Zarr cubes take none.
+    allow_incomplete : bool
+        Open a store that its writer has not finished (an interrupted :func:`xgpp.predict`
+        write or :func:`xgpp.write_world`: attribute ``xgpp_complete`` false) anyway, with an
+        :class:`IncompleteStoreWarning`; its missing slabs read as the store's fill value.
+        By default such a store raises :class:`xgpp.errors.IncompleteStoreError`.
     **storage_options
         fsspec options of a Zarr store: for a URL, those of the store; for an entry, they
         update the entry's (e.g. ``endpoint_url=...``).  File readers open URLs with fsspec's
@@ -934,13 +941,19 @@ def open_cube(
         The files are of no known format, or of several (the message lists the formats).
     OSError
         The store cannot be reached or read.
+    xgpp.errors.IncompleteStoreError
+        (a ValueError) The store, or the world folder of the catalog, was left unfinished by
+        an interrupted write; the message lists the missing time slabs and how to finish it.
     """
     from xgpp.io.sources import SOURCES, open_source
 
     target = os.fspath(name_or_url)
     options = dict(reader_options or {})
     if _is_url(target):
-        return open_source(target, format=format, storage_options=storage_options, **options)
+        ds = open_source(target, format=format, storage_options=storage_options, **options)
+        return _check_complete(ds, target, target, storage_options, allow_incomplete)
+    if catalog is not None and not hasattr(catalog, "entries"):
+        _check_world_folder(catalog, allow_incomplete)
     cat = catalog if hasattr(catalog, "entries") else open_catalog(catalog)
     reader = _reader(cat, target)
     if _is_source_entry(reader):
@@ -960,9 +973,128 @@ def open_cube(
     url, store_options = entry_location(cat, target)
     store_options.update(storage_options)
     try:
-        return SOURCES["zarr"].open(url, storage_options=store_options, **options)
+        ds = SOURCES["zarr"].open(url, storage_options=store_options, **options)
     except (FileNotFoundError, OSError) as err:
         raise type(err)(
             f"catalog entry {target!r} points to {url}, which cannot be opened: {err} "
             f"(available entries: {list_entries(cat)})"
         ) from err
+    return _check_complete(ds, f"catalog entry {target!r} ({url})", url, store_options,
+                           allow_incomplete)
+
+
+# --------------------------------------------------------------------------- unfinished stores
+class IncompleteStoreWarning(UserWarning):
+    """An unfinished store was opened with ``allow_incomplete=True``."""
+
+
+def _check_complete(ds: xr.Dataset, where: str, url: str,
+                    storage_options: Mapping[str, Any], allow: bool) -> xr.Dataset:
+    """Refuse (or, with ``allow``, warn about) a store whose ``xgpp_complete`` is not true.
+
+    Stores without the attribute (other writers' stores, finished worlds) pass.
+    """
+    import warnings
+
+    from xgpp.errors import IncompleteStoreError
+
+    if "xgpp_complete" not in ds.attrs or ds.attrs["xgpp_complete"] is True:
+        return ds
+    missing = _missing_slabs(ds, url, storage_options)
+    if missing is None:
+        which = "which time slabs are missing is not recorded"
+    else:
+        which = (f"{len(missing)} time slab(s) missing, time indices "
+                 f"{_ranges(missing, ds)}")
+    if "xgpp_fingerprint" in ds.attrs:
+        how = ("re-run the same prediction (the same xgpp predict command or "
+               "xgpp.write_prediction call): finished slabs are kept, only the missing ones "
+               "are computed")
+    else:
+        how = ("re-run the same xgpp.write_world call (or xgpp world command) on this folder: "
+               "finished slabs are kept, only the missing ones are computed")
+    message = (f"{where} is an unfinished store (xgpp_complete is not true: its write was "
+               f"interrupted or failed): {which}. To finish it, {how}. To read it as it is, "
+               "pass allow_incomplete=True (missing slabs read as NaN / the fill value).")
+    if not allow:
+        raise IncompleteStoreError(message, url=where, missing=missing)
+    warnings.warn(message, IncompleteStoreWarning, stacklevel=3)
+    return ds
+
+
+def _missing_slabs(ds: xr.Dataset, url: str, storage_options: Mapping[str, Any]
+                   ) -> list[tuple[int, int]] | None:
+    """Time-index ranges ``(start, stop)`` of the slabs not yet written, or None if unknown.
+
+    Slabs are the stored time chunks.  A prediction records its finished slabs in the
+    attribute ``xgpp_done_slabs``; a world store in marker files in the folder named by its
+    attribute ``xgpp_progress`` (relative to the store).
+    """
+    import numpy as np
+
+    timed = [v for v in ds.data_vars if "time" in ds[v].dims and ds[v].chunks is not None]
+    if not timed:
+        return None
+    chunks = ds[timed[0]].chunksizes["time"]
+    edges = np.concatenate([[0], np.cumsum(chunks)]).astype(int)
+    if "xgpp_done_slabs" in ds.attrs:
+        done = {str(i) for i in ds.attrs["xgpp_done_slabs"]}
+    elif "xgpp_progress" in ds.attrs:
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(url, **dict(storage_options))
+            folder = os.path.normpath(f"{root.rstrip('/')}/{ds.attrs['xgpp_progress']}")
+            done = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)}
+        except Exception:  # noqa: BLE001 - no markers readable: say it is unknown
+            return None
+    else:
+        return None
+    return [(int(a), int(b)) for i, (a, b) in enumerate(zip(edges[:-1], edges[1:],
+                                                            strict=True))
+            if str(i) not in done and b > a]
+
+
+def _ranges(missing: list[tuple[int, int]], ds: xr.Dataset, limit: int = 8) -> str:
+    """``[0:12) (2019-01-01..2019-06-10), ...`` for the first ``limit`` ranges."""
+    merged: list[list[int]] = []
+    for a, b in missing:
+        if merged and merged[-1][1] == a:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+    parts = []
+    for a, b in merged[:limit]:
+        text = f"[{a}:{b})"
+        if "time" in ds.coords and ds.sizes.get("time", 0) >= b:
+            t = ds["time"].values
+            text += f" ({str(t[a])[:10]}..{str(t[b - 1])[:10]})"
+        parts.append(text)
+    more = f" and {len(merged) - limit} more ranges" if len(merged) > limit else ""
+    return ", ".join(parts) + more
+
+
+def _check_world_folder(catalog: str | os.PathLike, allow: bool) -> None:
+    """A world folder whose write stopped has progress markers and no ``catalog.yaml``."""
+    from xgpp.errors import IncompleteStoreError
+
+    path = os.fspath(catalog)
+    if path in PACKAGED_CATALOGS:
+        return
+    url = _catalog_url(path)
+    folder = url.rsplit("/", 1)[0] if "/" in url else "."
+    try:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(folder)
+        unfinished = not fs.exists(f"{root}/{CATALOG_FILE}") and fs.exists(
+            f"{root}/.xgpp-progress")
+    except Exception:  # noqa: BLE001 - open_catalog reports unreachable folders itself
+        return
+    if unfinished and not allow:
+        raise IncompleteStoreError(
+            f"{folder} holds an unfinished twin world: its write was interrupted before "
+            f"{CATALOG_FILE} (written last) was written, so there is no catalog to open. "
+            "To finish it, re-run the same xgpp.write_world call (or xgpp world command): "
+            "finished slabs are kept, only the missing ones are computed. Its stores can be "
+            "opened by URL with allow_incomplete=True.", url=folder)

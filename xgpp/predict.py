@@ -670,7 +670,8 @@ def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *
                      storage_options: dict | None = None,
                      batch_size: int | None = None, device: str = "auto",
                      outputs: list[str] | None = None, precision: str = "float32",
-                     overwrite: bool = False, progress: bool = True) -> str:
+                     overwrite: bool = False, progress: bool = True,
+                     retries: int = 2) -> str:
     """Predict and stream the result to a Zarr v3 store, resumably.
 
     The store is written one time slab (one row of chunks) at a time; each finished slab is
@@ -693,11 +694,26 @@ def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *
         Replace a store written by a different run (other model, grid or chunks).
     progress : bool
         Show a progress bar over slabs.
+    retries : int
+        Times a failed task is tried again before the write fails: reads from and writes to
+        object stores (S3, GCS) meet transient errors (timeouts, throttling, dropped
+        connections).  On a distributed cluster these are Dask task retries (each task of the
+        write); on the local scheduler a slab that fails with an ``OSError`` is computed
+        again.  Tasks lost with a worker that dies are rescheduled by the scheduler itself and
+        do not count.  A chunk that cannot be decoded still fails (after its retries) and is
+        named by :class:`xgpp._chunks.UnreadableChunkError`.
 
     Returns
     -------
     str
         ``url``.
+
+    Notes
+    -----
+    Failure modes and what they leave are in ``docs/reliability.md``: a write killed part-way
+    leaves ``xgpp_complete: false`` and the finished slabs in ``xgpp_done_slabs``;
+    :func:`xgpp.open_cube` refuses such a store (:class:`xgpp.errors.IncompleteStoreError`)
+    until the same call finishes it.
     """
     import fsspec
     import zarr
@@ -769,7 +785,8 @@ def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *
             raise err
 
     _run_slabs(writes, mark, progress=progress, total=len(tchunks), skipped=len(done),
-               label=f"predicting {', '.join(result.data_vars)} -> {url}", on_error=diagnose)
+               label=f"predicting {', '.join(result.data_vars)} -> {url}", on_error=diagnose,
+               retries=retries)
     if sum(counts.values()) == 0:
         raise ValueError(_all_missing_message(src, inputs, names[0], url))
     group.attrs.update({"xgpp_complete": True})
@@ -789,7 +806,7 @@ def _all_missing_message(ds: xr.Dataset, inputs: list[str], output: str, url: st
 
 
 def _run_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int, skipped: int,
-               label: str, on_error: Any = None) -> None:
+               label: str, on_error: Any = None, retries: int = 0) -> None:
     """Compute slab writes (on the active distributed client if any), marking each when done.
 
     When a slab fails, ``on_error(slab, error)`` may raise a clearer error (the unreadable
@@ -797,7 +814,7 @@ def _run_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int,
     """
     try:
         _compute_slabs(writes, mark, progress=progress, total=total, skipped=skipped,
-                       label=label)
+                       label=label, retries=retries)
     except Exception as err:
         slab = getattr(err, "xgpp_slab", None)
         if on_error is not None and slab is not None:
@@ -806,7 +823,7 @@ def _run_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int,
 
 
 def _compute_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: int,
-                   skipped: int, label: str) -> None:
+                   skipped: int, label: str, retries: int = 0) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -818,7 +835,8 @@ def _compute_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: 
             from distributed import as_completed
 
             # one submission: the scheduler orders the chunks of all slabs together
-            futures = dict(zip(client.compute(list(writes.values())), writes, strict=True))
+            futures = dict(zip(client.compute(list(writes.values()), retries=retries),
+                               writes, strict=True))
             try:
                 for fut in as_completed(list(futures)):
                     mark(futures[fut], int(_tagged(fut.result, futures[fut])))
@@ -827,7 +845,13 @@ def _compute_slabs(writes: dict[int, Any], mark: Any, *, progress: bool, total: 
                 client.cancel([f for f in futures if not f.done()])
             return
         for i, w in writes.items():
-            (n_valid,) = _tagged(dask.compute, i, w)
+            for attempt in range(retries + 1):
+                try:
+                    (n_valid,) = _tagged(dask.compute, i, w)
+                    break
+                except OSError:  # transient I/O (object stores): the slab again, whole
+                    if attempt == retries:
+                        raise
             mark(i, int(n_valid))
             bar.advance(task)
 

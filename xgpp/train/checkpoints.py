@@ -1,4 +1,11 @@
-"""Per-phase checkpoints (safetensors + JSON, no pickle) and the resume fingerprint."""
+"""Per-phase checkpoints (safetensors + JSON, no pickle) and the resume fingerprint.
+
+Every file is written to a temporary name and renamed, so a run killed at any moment (SIGKILL
+included) leaves the previous epoch's checkpoint or the new one, never a torn file; should
+the JSON and tensors of a phase come from different epochs (killed between the two renames),
+their CRCs disagree and the phase restarts from its beginning.  A resumed run repeats the
+killed epoch from its start and ends bit-identical to an undisturbed one (docs/reliability.md).
+"""
 
 from __future__ import annotations
 
@@ -36,9 +43,11 @@ class Checkpoints:
                     f"{diff}); resuming would mix two runs. Use a new --out folder, or delete "
                     f"{self.root} to start over."
                 )
-        else:
-            with self.fs.open(run, "w") as f:
+        else:  # atomically: a run killed here must not leave a torn run.json behind
+            tmp = f"{self.root}/.run.json.tmp"
+            with self.fs.open(tmp, "w") as f:
                 f.write(text)
+            self.fs.mv(tmp, run)
 
     def load(self, phase: str) -> dict[str, Any] | None:
         """The saved state of ``phase`` (model, best, optimizer tensors, history), or None."""
