@@ -359,8 +359,10 @@ def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: l
     if mt:
         sections.append(Section(
             "The multi-task test",
-            "SIF on held-out OCO-2-like track segments [mW m-2 nm-1 sr-1] and against the "
-            "true seamless SIF field; GPP at held-out sites and over the true field.",
+            "SIF on held-out OCO-2-like track segments [mW m-2 nm-1 sr-1] (RMSE in those "
+            "units); GPP at held-out sites and over the true field. The SIF-field column is "
+            "filled only where the world's truth store holds noise-free SIF (the current twin "
+            "world's truth does not, so the seamless field is judged on held-out tracks).",
             tables=[Table("multi-task MoE vs single-task networks",
                           ["method", "SIF tracks R2", "SIF tracks RMSE", "SIF field R2",
                            "GPP site R2", "GPP field R2"], mt)],
