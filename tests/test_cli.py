@@ -59,12 +59,14 @@ def test_bad_input_is_one_clear_line_not_a_traceback(world_and_model):
     cat = str(root / "world" / "catalog.yaml")
     bad_device = xgpp_cli("predict", "--catalog", cat, "--model", str(root / "model"),
                           "--out", str(root / "x"), "--cluster", "none", "--device", "tpu")
-    assert bad_device.returncode == 1
-    assert "xgpp: error: ValueError: device='tpu'" in bad_device.stderr
+    assert bad_device.returncode == 2
+    assert "xgpp: error: InputError: device='tpu'" in bad_device.stderr
     assert "Traceback" not in bad_device.stderr
+    line = [ln for ln in bad_device.stderr.splitlines() if "device='tpu'" in ln]
+    assert len(line) == 1 and line[0].startswith("xgpp: error:") and "XGPP_DEBUG=1" in line[0]
     no_model = xgpp_cli("predict", "--catalog", cat, "--model", str(root / "missing"),
                         "--out", str(root / "x"), "--cluster", "none")
-    assert no_model.returncode == 1 and "missing" in no_model.stderr
+    assert no_model.returncode == 2 and "missing" in no_model.stderr
     assert "Traceback" not in no_model.stderr
     usage = xgpp_cli("predict", "--catalog")
     assert usage.returncode == 2 and "requires an argument" in usage.stderr
@@ -100,7 +102,7 @@ def test_train_help_lists_the_registry_and_moe_trains_and_predicts_from_the_shel
     catalog = str(root / "world" / "catalog.yaml")
     bad = xgpp_cli("train", "--catalog", catalog, "--out", str(tmp_path / "x"),
                    "--method", "mmoe")
-    assert bad.returncode == 1 and "unknown method='mmoe'" in bad.stderr
+    assert bad.returncode == 2 and "unknown method='mmoe'" in bad.stderr
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({
         "moe": {"n_experts": 2, "expert_hidden": [16], "tower_hidden": [8]},
@@ -172,3 +174,21 @@ def test_train_command_reuses_the_pretraining_cache_given_by_cache_dir(world_and
     # nothing was pre-trained again: the pre-training history is the cached one
     assert head.provenance["history"]["pretrain"] == first.provenance["history"]["pretrain"]
     assert len(list(cache.glob("pretrain-*.safetensors"))) == 1
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
+    from xgpp.cli import _is_user_error, _one_line
+    from xgpp.errors import NotFoundError, ServiceError, UnitError, UnknownOptionError
+
+    for exc in (UnitError("units 'furlongs'"), NotFoundError("no variable 'vpd'"),
+                UnknownOptionError("unknown TrainConfig field(s) ['x']"),
+                ServiceError("no Dask scheduler answered"), ValueError("zarr: bad"),
+                FileNotFoundError("no catalog at x"), ImportError("pip install 'xgpp[cloud]'")):
+        assert _is_user_error(exc), exc
+    for exc in (TypeError("unsupported operand"), AttributeError("'NoneType' has no 'x'"),
+                NameError("name 'y' is not defined"), AssertionError(), KeyError("lat"),
+                IndexError("list index"), RuntimeError("internal"), ZeroDivisionError()):
+        assert not _is_user_error(exc), exc
+    line = _one_line(NotFoundError("dataset has no variable 'vpd';\n it has ['tair']."))
+    assert "\n" not in line
+    assert line.startswith("xgpp: error: NotFoundError: dataset has no variable 'vpd'; it has")

@@ -199,7 +199,7 @@ API_PAGE = ROOT / "docs" / "api.rst"
 #: Modules whose every ``__all__`` name docs/api.rst must list.
 API_MODULES = ("xgpp.catalog", "xgpp.io", "xgpp.synthetic", "xgpp.train", "xgpp.models",
                "xgpp.predict", "xgpp.evaluate", "xgpp.splits", "xgpp.cluster", "xgpp.variables",
-               "xgpp.plots", "xgpp.experiment", "xgpp.report")
+               "xgpp.plots", "xgpp.experiment", "xgpp.report", "xgpp.errors")
 #: Public names left off the API page for now, and why (their docstrings break the build).
 API_PENDING: dict[str, str] = {}
 

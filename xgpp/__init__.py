@@ -24,6 +24,7 @@ _LAZY = {
     "predict": "xgpp.predict",
     "io": "xgpp.io",
     "variables": "xgpp.variables",
+    "errors": "xgpp.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

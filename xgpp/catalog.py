@@ -58,6 +58,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xgpp.errors import InputError, MissingDependencyError, NotFoundError, UnknownOptionError
+
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
     from intake.readers.entry import Catalog
@@ -131,7 +133,7 @@ _ALLOWED_DTYPES = frozenset({"str", "int", "float", "bool", "list", "dict", "tup
 _RESERVED = frozenset({"CATALOG_DIR", "CATALOG_PATH", "STORAGE_OPTIONS"})
 
 
-class CatalogSecurityError(ValueError):
+class CatalogSecurityError(InputError):
     """A catalog names Python to run that xgpp does not allow (see :func:`check_catalog`)."""
 
 
@@ -217,10 +219,10 @@ def build_catalog(
 
     names, sources = list(names), dict(sources or {})
     if not names and not sources:
-        raise ValueError("a catalog needs at least one store name or source entry; got none.")
+        raise InputError("a catalog needs at least one store name or source entry; got none.")
     clash = sorted(set(names) & set(sources))
     if clash:
-        raise ValueError(f"entry name(s) {clash} are both stores and sources; rename one.")
+        raise InputError(f"entry name(s) {clash} are both stores and sources; rename one.")
     for name, reader in sources.items():
         if not _is_source_entry(reader):
             raise TypeError(f"sources[{name!r}] is {type(reader).__name__}, not an entry made by "
@@ -277,7 +279,7 @@ def catalog_entry_for_source(
     source = SOURCES.get(format)
     if source is None or format == "zarr":
         files = sorted(set(SOURCES) - {"zarr"})
-        raise ValueError(
+        raise InputError(
             f"format {format!r} is not a file source; choose one of {files}. Zarr stores get "
             "their entries from build_catalog(location, names)."
         )
@@ -287,7 +289,7 @@ def catalog_entry_for_source(
         check(options)
     for key in ("paths", "format", "func", "storage_options"):
         if key in options:
-            raise ValueError(f"reader option {key!r} is set by the entry itself; remove it.")
+            raise InputError(f"reader option {key!r} is set by the entry itself; remove it.")
     return GenericFunc(
         func=open_source,
         paths=location,
@@ -425,7 +427,7 @@ def _coerce_parameter(up: Any, value: Any, name: str) -> Any:
         low = value.strip().lower()
         if low in _TRUE | _FALSE:
             return low in _TRUE
-        raise ValueError(
+        raise InputError(
             f"catalog parameter {name} must be a boolean; got {value!r}. Use one of "
             f"{sorted(_TRUE)} or {sorted(_FALSE - {''})}."
         )
@@ -486,7 +488,7 @@ def open_catalog(
             overrides[name] = _coerce_parameter(up, os.environ[name], name)
     if parameters:
         known = sorted(k for k in cat.user_parameters if not k.startswith(("CATALOG_", "STOR")))
-        raise TypeError(
+        raise UnknownOptionError(
             f"unknown catalog parameter(s) {sorted(parameters)} for {url}; it takes {known}."
         )
     if "XGPP_DATA" in cat.user_parameters:
@@ -509,7 +511,7 @@ def _read_catalog(url: str, options: dict[str, Any]) -> Catalog:
     try:
         cat = Catalog.from_dict(data)
     except (KeyError, TypeError, AttributeError, ValueError) as err:
-        raise ValueError(f"catalog {url} is not a valid intake 2 catalog ({type(err).__name__}: "
+        raise InputError(f"catalog {url} is not a valid intake 2 catalog ({type(err).__name__}: "
                          f"{err}); write catalogs with xgpp.catalog.write_catalog.") from err
     # what intake.from_yaml_file sets: the templates {CATALOG_DIR} and {STORAGE_OPTIONS}
     cat.user_parameters["CATALOG_PATH"] = url
@@ -566,7 +568,7 @@ def _safe_yaml(text: bytes | str, url: str) -> Any:
             "strings, numbers, booleans); remove the tag."
         ) from err
     except yaml.YAMLError as err:
-        raise ValueError(f"catalog {url} is not valid YAML: {err}") from err
+        raise InputError(f"catalog {url} is not valid YAML: {err}") from err
 
 
 def check_catalog(data: Any, source: str = "the catalog") -> None:
@@ -603,7 +605,7 @@ def check_catalog(data: Any, source: str = "the catalog") -> None:
             "(write one with xgpp.catalog.write_catalog).")
     if not isinstance(data, dict) or data.get("version") != 2:
         found = data.get("version") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"catalog {source} is not an intake 2 catalog (version {found!r}, "
+        raise InputError(f"catalog {source} is not an intake 2 catalog (version {found!r}, "
                          "expected 2); xgpp reads catalogs written by intake 2 / write_catalog.")
     readers = ", ".join(f"{k} ({v})" for k, v in ALLOWED_READERS.items())
     for name, entry in _mapping(data, "entries", source).items():
@@ -666,7 +668,7 @@ def check_catalog(data: Any, source: str = "the catalog") -> None:
 def _mapping(data: dict, key: str, source: str) -> dict:
     value = data.get(key) or {}
     if not isinstance(value, dict):
-        raise ValueError(f"catalog {source}: {key!r} is a {type(value).__name__}, expected a "
+        raise InputError(f"catalog {source}: {key!r} is a {type(value).__name__}, expected a "
                          "mapping (an intake 2 catalog).")
     return value
 
@@ -788,7 +790,7 @@ def _reader(catalog: Catalog, name: str):
     where = catalog.user_parameters.get("CATALOG_PATH")
     where = getattr(where, "default", where) or "the catalog"
     if name not in catalog.entries and name not in catalog.aliases:
-        raise KeyError(
+        raise NotFoundError(
             f"no entry {name!r} in {where}; available entries: {list_entries(catalog)}. "
             "Pass one of these, or a path or URL (Zarr store, or a folder/glob of FLUXNET, "
             "TROPOMI or OCO-2 files; write a local folder as './name')."
@@ -842,7 +844,7 @@ def _probe_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
             "xgpp.write_world(root, ...)."
         ) from err
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             f"opening {url} needs the fsspec backend for its protocol ({err}). Install the cloud "
             "extra: pip install 'xgpp[cloud]' (s3fs, gcsfs)."
         ) from err
@@ -853,7 +855,7 @@ def _probe_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
             "token) are right."
         ) from err
     if meta.get("node_type") != "group":
-        raise ValueError(
+        raise InputError(
             f"{url} is a Zarr {meta.get('node_type', 'node')}, not a group; an xgpp cube is a "
             "Zarr group holding one array per variable."
         )
@@ -960,7 +962,7 @@ def open_cube(
         stored = {k: v for k, v in reader.kwargs.items() if k not in ("func", "paths", "format")}
         fmt, url = reader.kwargs["format"], reader.kwargs["paths"]
         if format is not None and format != fmt:
-            raise ValueError(f"catalog entry {target!r} holds {fmt} files; format={format!r} "
+            raise InputError(f"catalog entry {target!r} holds {fmt} files; format={format!r} "
                              "applies to paths and URLs only. Drop it, or open the path itself.")
         try:
             return open_source(url, format=fmt, storage_options=storage_options,

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from xgpp.errors import XgppError
+
 
 def _method_help() -> str:
     """``--method`` help, read from the training registry."""
@@ -169,28 +171,57 @@ def compare_multitask(
                              config=cfg)
 
 
-#: Errors that describe bad input or an unreachable service: the CLI prints their message (which
-#: names the variable, file or address and the fix) instead of a traceback.
-USER_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError, ImportError)
+#: Errors that describe bad input, damaged data or an unreachable service: the CLI prints their
+#: message (which names the variable, file or address and the fix) as one line instead of a
+#: traceback.  :class:`~xgpp.errors.XgppError` is xgpp's own; the built-ins are for third-party
+#: libraries (zarr, fsspec, netCDF4...) whose messages say what went wrong.  Anything else
+#: (``TypeError``, ``AttributeError``, ``KeyError``, ``AssertionError``...) is a bug and keeps its
+#: traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (XgppError, ValueError, OSError, ImportError)
+
+#: Exit status of a run stopped by a user error (typer's usage errors exit 2 as well).
+USER_ERROR_EXIT = 2
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Whether the CLI reports ``exc`` as one line (a user error) rather than a traceback (a bug).
+
+    ``TypeError``, ``AttributeError``, ``NameError``, ``AssertionError`` and ``KeyError`` raised
+    by anything but xgpp (which raises :class:`~xgpp.errors.NotFoundError`) are bugs, also when
+    they subclass one of :data:`USER_ERRORS` (``UnicodeDecodeError`` is a ``ValueError``, but a
+    decoding failure inside xgpp's readers is reported as :class:`~xgpp.errors.CorruptChunkError`).
+    """
+    if isinstance(exc, XgppError):
+        return True
+    if isinstance(exc, (TypeError, AttributeError, NameError, AssertionError, LookupError)):
+        return False
+    return isinstance(exc, USER_ERRORS)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``xgpp: error: <Type>: <message>`` on one line (newlines in the message folded)."""
+    msg = " ".join(str(exc).split())
+    return f"xgpp: error: {type(exc).__name__}: {msg} (set XGPP_DEBUG=1 for the traceback)"
 
 
 def main() -> None:
     """Entry point of the ``xgpp`` console script.
 
-    Bad input ends with ``xgpp: error: ...`` on stderr and exit status 1; set ``XGPP_DEBUG=1``
-    for the full traceback.
+    Bad input (any :class:`~xgpp.errors.XgppError`, or a ``ValueError``/``OSError``/
+    ``ImportError`` from a library) ends with one line ``xgpp: error: ...`` on stderr and exit
+    status 2; set ``XGPP_DEBUG=1`` for the full traceback.  Genuine bugs (``TypeError``,
+    ``AttributeError``...) show their traceback.
     """
     import os
     import sys
 
     try:
         app()  # usage errors, --help and exit codes are typer's (standalone mode)
-    except USER_ERRORS as err:
-        if os.environ.get("XGPP_DEBUG"):
+    except Exception as err:
+        if os.environ.get("XGPP_DEBUG") or not _is_user_error(err):
             raise
-        typer.echo(f"xgpp: error: {type(err).__name__}: {err}\n"
-                   "(set XGPP_DEBUG=1 for the traceback)", err=True)
-        sys.exit(1)
+        typer.echo(_one_line(err), err=True)
+        sys.exit(USER_ERROR_EXIT)
 
 
 if __name__ == "__main__":

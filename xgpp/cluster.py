@@ -32,6 +32,14 @@ import types
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from xgpp.errors import (
+    DeviceError,
+    InputError,
+    MissingDependencyError,
+    ServiceAuthError,
+    ServiceError,
+)
+
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
@@ -320,7 +328,7 @@ class CUDABackend(_ClientBackend):
                  threads_per_worker: int | None = None, **cluster_kwargs: Any) -> None:
         super().__init__()
         if processes_per_gpu is not None and int(processes_per_gpu) < 1:
-            raise ValueError(f"processes_per_gpu must be >= 1, got {processes_per_gpu}.")
+            raise InputError(f"processes_per_gpu must be >= 1, got {processes_per_gpu}.")
         self.processes_per_gpu = processes_per_gpu
         self.threads_per_worker = threads_per_worker
         self.cluster_kwargs = cluster_kwargs
@@ -350,7 +358,7 @@ class CUDABackend(_ClientBackend):
         else:
             procs = max(1, per_gpu // THREADS_PER_GPU_PROCESS)
         if procs > 1 and extra:
-            raise ValueError(
+            raise InputError(
                 f"options {extra} are dask-cuda's and need processes_per_gpu=1 (a "
                 f"LocalCUDACluster); processes_per_gpu={procs} starts plain workers."
             )
@@ -366,7 +374,7 @@ class CUDABackend(_ClientBackend):
             try:
                 from dask_cuda import LocalCUDACluster
             except Exception as err:  # dask_cuda raises RuntimeError etc. without cuda-bindings
-                raise ImportError(
+                raise MissingDependencyError(
                     "xgpp.cluster('cuda') with one process per GPU needs dask-cuda (with its "
                     f"CUDA bindings), which could not be imported ({type(err).__name__}: "
                     f"{err}). Install the GPU extra: pip install 'xgpp[gpu]' (and dask-cuda's "
@@ -374,7 +382,7 @@ class CUDABackend(_ClientBackend):
                     "plain workers, or use kind='local'."
                 ) from err
         if not gpu_available():
-            raise RuntimeError(
+            raise DeviceError(
                 "xgpp.cluster('cuda') needs a visible CUDA GPU, but NVML/torch report none "
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). "
                 "Use kind='local' or kind='auto' on machines without a GPU."
@@ -483,7 +491,7 @@ class GatewayBackend(_ClientBackend):
         try:
             from dask_gateway import Gateway
         except ImportError as err:
-            raise ImportError(
+            raise MissingDependencyError(
                 "xgpp.cluster('gateway') needs the dask-gateway client. Install the cloud extra: "
                 "pip install 'xgpp[cloud]'."
             ) from err
@@ -491,7 +499,7 @@ class GatewayBackend(_ClientBackend):
         import dask
 
         if self.address is None and not dask.config.get("gateway.address", None):
-            raise ValueError(
+            raise InputError(
                 "xgpp.cluster('gateway') needs the gateway's address: pass address='https://...' "
                 "or set the Dask config gateway.address (env DASK_GATEWAY__ADDRESS)."
             )
@@ -502,19 +510,19 @@ class GatewayBackend(_ClientBackend):
             self.cluster = self.gateway.new_cluster(**self.cluster_options)
         except aiohttp.ClientResponseError as err:
             if err.status in (401, 403):
-                raise PermissionError(
+                raise ServiceAuthError(
                     f"Dask Gateway at {where} refused authentication ({err.status} "
                     f"{err.message}) with auth type {type(auth).__name__}"
                     + (f" for user {self.username!r}" if self.username else "")
                     + ". Check the username/password (or token) and the auth type the gateway "
                     "expects (basic, kerberos, jupyterhub)."
                 ) from err
-            raise ConnectionError(
+            raise ServiceError(
                 f"Dask Gateway at {where} answered {err.status} {err.message} when creating a "
                 "cluster. Check the address and the server's logs."
             ) from err
         except (aiohttp.ClientConnectionError, OSError, TimeoutError) as err:
-            raise ConnectionError(
+            raise ServiceError(
                 f"cannot reach the Dask Gateway at {where} ({type(err).__name__}: {err}). Check "
                 "the address (and proxy_address), that the server is running, and your network."
             ) from err
@@ -569,7 +577,7 @@ class AddressBackend(_ClientBackend):
         try:
             self.client = Client(self.address, timeout=self.timeout, set_as_default=True)
         except (OSError, TimeoutError) as err:
-            raise ConnectionError(
+            raise ServiceError(
                 f"no Dask scheduler answered at {self.address!r} within {self.timeout} s "
                 f"({type(err).__name__}). Check the address and port, that the scheduler is "
                 "running and reachable from here, or raise timeout=."
@@ -608,7 +616,7 @@ def resolve_kind(kind: str | None,
         return kind, {}
     if _ADDRESS.match(kind):
         return "address", {"address": kind}
-    raise ValueError(
+    raise InputError(
         f"unknown cluster kind {kind!r}: expected one of {sorted(BACKENDS)}, 'auto', or a "
         "scheduler address such as 'tcp://host:8786'."
     )

@@ -25,6 +25,7 @@ from zarr.codecs import BloscCodec
 
 from xgpp._progress import active_client
 from xgpp._version import __version__
+from xgpp.errors import InputError
 from xgpp.models.base import PRECISIONS, Model
 from xgpp.variables import VARIABLES
 
@@ -51,7 +52,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return _auto_device()
     if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device={device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+        raise InputError(f"device={device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
     return device
 
 
@@ -80,32 +81,32 @@ def check_inputs(ds: xr.Dataset, model: Model | Sequence[Model]
     model.check(ds)
     for dim in ("lat", "lon"):
         if dim not in ds.dims:
-            raise ValueError(f"dataset has no {dim!r} dimension; xgpp grids are (time, lat, lon).")
+            raise InputError(f"dataset has no {dim!r} dimension; xgpp grids are (time, lat, lon).")
     empty = [d for d in _DIMS if ds.sizes.get(d, 1) == 0]
     if empty:
-        raise ValueError(
+        raise InputError(
             f"the dataset has no {' and no '.join(empty)} points (sizes {dict(ds.sizes)}): a "
             "time range or bbox outside the cube? Nothing to predict."
         )
     lat, lon = ds["lat"].values, ds["lon"].values
     if lat.size > 1 and not np.all(np.diff(lat) > 0):
-        raise ValueError(
+        raise InputError(
             "latitude must be ascending (south to north); found "
             f"lat[0]={lat[0]:g}, lat[-1]={lat[-1]:g}. Flip it with ds.sortby('lat') or "
             "xgpp.io.harmonize(ds)."
         )
     if lon.size and (lon.max() > 180.0 or lon.min() < -180.0):
-        raise ValueError(
+        raise InputError(
             f"longitudes must lie in -180..180; found {lon.min():g}..{lon.max():g} (0..360 "
             "convention?). Convert with xgpp.io.harmonize(ds)."
         )
     varying = [n for n in model.inputs if "time" in ds[n].dims]
     static = [n for n in model.inputs if "time" not in ds[n].dims]
     if not varying:
-        raise ValueError(f"none of the model inputs {list(model.inputs)} has a time dimension.")
+        raise InputError(f"none of the model inputs {list(model.inputs)} has a time dimension.")
     for n in varying:
         if ds[n].dims != _DIMS:
-            raise ValueError(f"variable {n!r} has dims {ds[n].dims}, expected {_DIMS}; "
+            raise InputError(f"variable {n!r} has dims {ds[n].dims}, expected {_DIMS}; "
                              f"use ds[{n!r}].transpose('time', 'lat', 'lon').")
     _check_chunks(ds, varying)
     return varying, static
@@ -118,7 +119,7 @@ def _check_chunks(ds: xr.Dataset, varying: list[str]) -> None:
         ref = ds[chunked[0]].chunks
         for n in chunked[1:]:
             if ds[n].chunks != ref:
-                raise ValueError(
+                raise InputError(
                     f"inputs {chunked[0]!r} and {n!r} have misaligned chunks "
                     f"({_fmt_chunks(ref)} vs {_fmt_chunks(ds[n].chunks)}); every time-varying "
                     "input must share one chunking. Rechunk with ds.chunk({'time': T, 'lat': Y, "
@@ -143,13 +144,13 @@ def _members(model: Any) -> list[Model] | None:
     if not isinstance(model, list | tuple):
         return None
     if not model:
-        raise ValueError("the ensemble is empty: predict needs at least one model (pass a "
+        raise InputError("the ensemble is empty: predict needs at least one model (pass a "
                          "model, or a list of models such as [xgpp.load_model(p) for p in "
                          "paths]).")
     for i, m in enumerate(model):
         missing = [a for a in _MODEL_API if not hasattr(m, a)]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"ensemble member {i} is a {type(m).__name__} ({_short(m)}), not an xgpp "
                 f"model: it lacks {missing}. Every member must be a trained bundle "
                 "(xgpp.load_model(path), or what xgpp.train returns)."
@@ -200,7 +201,7 @@ def _ensemble_outputs(members: Sequence[Model], outputs: list[str] | None) -> li
             names = list(m.outputs)
             if set(names) != set(first):
                 common = [o for o in first if o in names]
-                raise ValueError(
+                raise InputError(
                     f"ensemble members must predict the same outputs: member 0 "
                     f"({members[0].id}) predicts {first}, member {i} ({m.id}) predicts "
                     f"{names} (lacks {[o for o in first if o not in names]}, has extra "
@@ -211,19 +212,19 @@ def _ensemble_outputs(members: Sequence[Model], outputs: list[str] | None) -> li
     else:
         wanted = list(outputs)
         if not wanted:
-            raise ValueError(f"outputs={outputs!r} selects nothing; member 0 "
+            raise InputError(f"outputs={outputs!r} selects nothing; member 0 "
                              f"({members[0].id}) has outputs {first} (leave outputs=None "
                              "for all).")
         for i, m in enumerate(members):
             lacking = [o for o in wanted if o not in m.outputs]
             if lacking:
-                raise ValueError(f"ensemble member {i} ({m.id}) has outputs "
+                raise InputError(f"ensemble member {i} ({m.id}) has outputs "
                                  f"{list(m.outputs)}; {lacking} requested.")
     for o in wanted:
         units = members[0].outputs[o].get("units")
         for i, m in enumerate(members[1:], start=1):
             if m.outputs[o].get("units") != units:
-                raise ValueError(
+                raise InputError(
                     f"ensemble members disagree on the units of {o!r}: member 0 "
                     f"({members[0].id}) gives {units!r}, member {i} ({m.id}) gives "
                     f"{m.outputs[o].get('units')!r}; an ensemble averages one quantity."
@@ -432,9 +433,9 @@ def predict(ds: xr.Dataset, model: Model | Sequence[Model], *, batch_size: int |
 
 def _check_options(precision: str, batch_size: int | None, device: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}; choose one of {list(PRECISIONS)}.")
+        raise InputError(f"precision={precision!r}; choose one of {list(PRECISIONS)}.")
     if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive number of rows, got {batch_size}.")
+        raise InputError(f"batch_size must be a positive number of rows, got {batch_size}.")
     if device != "auto":
         resolve_device(device)  # a bad name fails here, before any compute
 
@@ -468,11 +469,11 @@ def _build(ds: xr.Dataset, model: Model, varying: list[str], static: list[str], 
     names = list(model.outputs)
     wanted = names if outputs is None else list(outputs)
     if not wanted:
-        raise ValueError(f"outputs={outputs!r} selects nothing; model {model.id} has outputs "
+        raise InputError(f"outputs={outputs!r} selects nothing; model {model.id} has outputs "
                          f"{names} (leave outputs=None for all).")
     unknown = [o for o in wanted if o not in names]
     if unknown:
-        raise ValueError(f"model {model.id} has outputs {names}; {unknown} requested.")
+        raise InputError(f"model {model.id} has outputs {names}; {unknown} requested.")
     columns = [names.index(o) for o in wanted]
     _check_options(precision, batch_size, device)
     arrays, statics, chunks = _block_inputs(ds, varying, static)
@@ -788,7 +789,7 @@ def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *
                label=f"predicting {', '.join(result.data_vars)} -> {url}", on_error=diagnose,
                retries=retries)
     if sum(counts.values()) == 0:
-        raise ValueError(_all_missing_message(src, inputs, names[0], url))
+        raise InputError(_all_missing_message(src, inputs, names[0], url))
     group.attrs.update({"xgpp_complete": True})
     return url
 

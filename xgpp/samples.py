@@ -31,6 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from xgpp._strings import as_str
+from xgpp.errors import InputError, NotFoundError
 from xgpp.landcover import code_to_class
 from xgpp.models.features import FeatureConfig, FeatureSpec, columns_from_dataset
 from xgpp.variables import VARIABLES
@@ -114,15 +115,15 @@ def site_samples(drivers: xr.Dataset, sites: xr.Dataset, *,
     """
     inputs = tuple(inputs or FeatureConfig().inputs)
     if window < 1 or window % 2 == 0:
-        raise ValueError(f"window={window} must be a positive odd number of cells (1, 3, 5...).")
+        raise InputError(f"window={window} must be a positive odd number of cells (1, 3, 5...).")
     if igbp_from not in ("site", "cell"):
-        raise ValueError(f"igbp_from={igbp_from!r}; use 'site' or 'cell'.")
+        raise InputError(f"igbp_from={igbp_from!r}; use 'site' or 'cell'.")
     missing = [v for v in inputs if v not in drivers]
     if missing:
-        raise KeyError(f"driver cube lacks input(s) {missing}; it has "
+        raise NotFoundError(f"driver cube lacks input(s) {missing}; it has "
                        f"{sorted(map(str, drivers.data_vars))}. Add them or change the inputs.")
     if target not in sites or "site" not in sites.dims:
-        raise KeyError(f"site dataset must hold {target!r} on ('site', 'time'); it has "
+        raise NotFoundError(f"site dataset must hold {target!r} on ('site', 'time'); it has "
                        f"{sorted(map(str, sites.data_vars))} with dims {dict(sites.sizes)}.")
     exclusions: dict[str, Any] = {}
 
@@ -149,7 +150,7 @@ def site_samples(drivers: xr.Dataset, sites: xr.Dataset, *,
             SampleExclusionWarning, stacklevel=stacklevel,
         )
     if not inside.any():
-        raise ValueError("no site lies inside the driver grid; check the sites' lat/lon "
+        raise InputError("no site lies inside the driver grid; check the sites' lat/lon "
                          "[degree] and the cube's extent.")
     sites = sites.isel(site=np.flatnonzero(inside))
     ids, slat, slon, iy, ix = ids[inside], slat[inside], slon[inside], iy[inside], ix[inside]
@@ -159,7 +160,7 @@ def site_samples(drivers: xr.Dataset, sites: xr.Dataset, *,
     ts = pd.DatetimeIndex(sites["time"].values)
     common = tc.intersection(ts)
     if len(common) == 0:
-        raise ValueError(
+        raise InputError(
             f"the driver cube's time axis ({tc.min():%Y-%m-%d}..{tc.max():%Y-%m-%d}, "
             f"{len(tc)} steps) does not overlap the site records ({ts.min():%Y-%m-%d}.."
             f"{ts.max():%Y-%m-%d}, {len(ts)} steps). Use a cube covering the site years, or "
@@ -212,7 +213,7 @@ def site_samples(drivers: xr.Dataset, sites: xr.Dataset, *,
         try:
             cls_ = code_to_class(codes)
         except ValueError as err:
-            raise ValueError(f"site igbp codes must be IGBP short codes: {err}. Fix the site "
+            raise InputError(f"site igbp codes must be IGBP short codes: {err}. Fix the site "
                              "metadata or use igbp_from='cell'.") from err
         values["igbp"] = np.broadcast_to(cls_[:, None], y.shape)
 
@@ -250,7 +251,7 @@ def site_samples(drivers: xr.Dataset, sites: xr.Dataset, *,
             f"{_names(empty)}.", SampleExclusionWarning, stacklevel=stacklevel,
         )
     if not ok.any():
-        raise ValueError(f"no valid site sample remains after QC ({len(ids)} sites inside the "
+        raise InputError(f"no valid site sample remains after QC ({len(ids)} sites inside the "
                          f"grid, {int(has_y.sum())} with {target}); see the warnings above.")
 
     si, ti = np.nonzero(ok)
@@ -329,7 +330,7 @@ class ShuffleBuffer:
 
     def __init__(self, capacity: int, rng: np.random.Generator) -> None:
         if capacity < 1:
-            raise ValueError(f"shuffle buffer capacity must be >= 1; got {capacity}.")
+            raise InputError(f"shuffle buffer capacity must be >= 1; got {capacity}.")
         self.capacity = int(capacity)
         self.rng = rng
         self._x: np.ndarray | None = None
@@ -446,13 +447,13 @@ class GridSamples:
         import xbatcher
 
         if target_var not in target:
-            raise KeyError(f"target cube has no {target_var!r}; it has "
+            raise NotFoundError(f"target cube has no {target_var!r}; it has "
                            f"{sorted(map(str, target.data_vars))}.")
         spec.check(drivers, where="driver cube")
         for c in ("lat", "lon"):
             a, b = np.asarray(drivers[c].values), np.asarray(target[c].values)
             if a.shape != b.shape or not np.allclose(a, b, atol=1e-6):
-                raise ValueError(
+                raise InputError(
                     f"the {target_var} cube's {c!r} axis ({b.size} cells, {b.min():.3f}.."
                     f"{b.max():.3f}) differs from the driver cube's ({a.size} cells, "
                     f"{a.min():.3f}..{a.max():.3f}); regrid one onto the other first."
@@ -463,7 +464,7 @@ class GridSamples:
         ttgt = pd.DatetimeIndex(target["time"].values)
         if not ttgt.isin(tdrv).all():
             n_off = int((~ttgt.isin(tdrv)).sum())
-            raise ValueError(
+            raise InputError(
                 f"{n_off} of {len(ttgt)} {target_var} time steps are not on the driver cube's "
                 f"time axis ({tdrv.min():%Y-%m-%d}..{tdrv.max():%Y-%m-%d}); resample the "
                 "target onto the drivers' time steps."
@@ -472,7 +473,7 @@ class GridSamples:
         ct = chunks["time"]
         steps = np.flatnonzero(tdrv.isin(ttgt))
         if not len(steps):
-            raise ValueError(f"the {target_var} cube shares no time step with the drivers.")
+            raise InputError(f"the {target_var} cube shares no time step with the drivers.")
         first, last = int(steps[0]), int(steps[-1]) + 1  # whole driver chunks around them
         tsl = slice(first // ct * ct, min(len(tdrv), -(-last // ct) * ct))
         ds = drivers[inputs].isel(time=tsl)
@@ -481,7 +482,7 @@ class GridSamples:
         if cell_mask is not None:
             cell_mask = np.asarray(cell_mask, bool)
             if cell_mask.shape != (ds.sizes["lat"], ds.sizes["lon"]):
-                raise ValueError(f"cell_mask has shape {cell_mask.shape}, expected (lat, lon) = "
+                raise InputError(f"cell_mask has shape {cell_mask.shape}, expected (lat, lon) = "
                                  f"{(ds.sizes['lat'], ds.sizes['lon'])}.")
             ds["_cell_mask"] = (("lat", "lon"), cell_mask)
         self.ds = ds

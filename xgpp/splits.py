@@ -21,6 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from xgpp._strings import as_str
+from xgpp.errors import InputError, UnknownOptionError
 
 __all__ = [
     "Fold",
@@ -57,7 +58,7 @@ class Fold:
     def __post_init__(self) -> None:
         overlap = (set(self.train) & set(self.test)) | (set(self.train) & set(self.excluded))
         if overlap:
-            raise ValueError(
+            raise InputError(
                 f"fold {self.name!r} leaks sites {sorted(overlap)[:5]} between train and "
                 "test/excluded: a site must belong to exactly one of them."
             )
@@ -106,14 +107,14 @@ def site_table(sites: xr.Dataset | pd.DataFrame) -> pd.DataFrame:
             "igbp": as_str(sites[code].values),
         }).drop_duplicates("site").set_index("site")
     else:
-        raise ValueError(
+        raise InputError(
             "cannot read sites: expected a dataset with a 'site' dimension (the twin world's "
             "sites), a sample dataset with a 'site' coordinate (xgpp.samples.site_samples) or "
             f"a DataFrame indexed by site; got dims {dict(sites.sizes)}."
         )
     missing = {"lat", "lon", "igbp"} - set(table.columns)
     if missing:
-        raise ValueError(f"site table lacks column(s) {sorted(missing)}; it has "
+        raise InputError(f"site table lacks column(s) {sorted(missing)}; it has "
                          f"{sorted(table.columns)}.")
     table = table[["lat", "lon", "igbp"]].copy()
     table.index = table.index.astype(str)
@@ -133,12 +134,12 @@ class _Splitter:
         d = dict(d)
         kind = d.pop("kind", None)
         if kind not in _SPLITTERS:
-            raise ValueError(f"unknown split kind {kind!r}; known: {sorted(_SPLITTERS)}.")
+            raise InputError(f"unknown split kind {kind!r}; known: {sorted(_SPLITTERS)}.")
         cls = _SPLITTERS[kind]
         known = {f.name for f in fields(cls)}
         if set(d) - known:
-            raise TypeError(f"unknown {cls.__name__} field(s) {sorted(set(d) - known)}; "
-                            f"known: {sorted(known)}.")
+            raise UnknownOptionError(f"unknown {cls.__name__} field(s) {sorted(set(d) - known)}; "
+                                     f"known: {sorted(known)}.")
         return cls(**d)
 
 
@@ -162,7 +163,7 @@ class SiteKFold(_Splitter):
         """Return the ``k`` folds; every site is tested exactly once."""
         ids = site_table(sites).index.to_numpy()
         if not 2 <= self.k <= len(ids):
-            raise ValueError(f"SiteKFold needs 2 <= k <= number of sites; got k={self.k} with "
+            raise InputError(f"SiteKFold needs 2 <= k <= number of sites; got k={self.k} with "
                              f"{len(ids)} sites. Lower k or add sites.")
         order = np.random.default_rng(self.seed).permutation(len(ids))
         groups = np.array_split(ids[order], self.k)
@@ -195,7 +196,7 @@ class LeaveIGBPOut(_Splitter):
         counts = table["igbp"].value_counts()
         classes = sorted(c for c, n in counts.items() if n >= self.min_sites)
         if len(counts) < 2:
-            raise ValueError(f"leave-IGBP-out needs sites of at least 2 classes; all sites are "
+            raise InputError(f"leave-IGBP-out needs sites of at least 2 classes; all sites are "
                              f"{list(counts.index)}.")
         out = []
         for code in classes:
@@ -235,7 +236,7 @@ class SpatialBlocks(_Splitter):
     def folds(self, sites: xr.Dataset | pd.DataFrame) -> list[Fold]:
         """Return the ``k`` folds (each block tested exactly once)."""
         if not self.block > 0 or self.buffer < 0:
-            raise ValueError(f"SpatialBlocks needs block > 0 and buffer >= 0 degrees; got "
+            raise InputError(f"SpatialBlocks needs block > 0 and buffer >= 0 degrees; got "
                              f"block={self.block}, buffer={self.buffer}.")
         table = site_table(sites)
         lat, lon = table["lat"].to_numpy(), ((table["lon"].to_numpy() + 180) % 360) - 180
@@ -244,7 +245,7 @@ class SpatialBlocks(_Splitter):
         block_id = by * 100_000 + bx
         blocks = np.unique(block_id)
         if not 2 <= self.k <= len(blocks):
-            raise ValueError(
+            raise InputError(
                 f"SpatialBlocks needs 2 <= k <= number of occupied blocks; got k={self.k} with "
                 f"{len(blocks)} blocks of {self.block} degrees. Use smaller blocks or lower k."
             )
@@ -288,7 +289,7 @@ def split_parts(split: str | None) -> tuple[str | None, str | None]:
     site = [p for p in parts if not p.startswith("tracks")]
     for kind, found in (("site", site), ("track", tracks)):
         if len(found) > 1:
-            raise ValueError(f"split={split!r} names {len(found)} {kind} splits ({found}); give "
+            raise InputError(f"split={split!r} names {len(found)} {kind} splits ({found}); give "
                              "at most one site split and one 'tracks:...' part, joined by ';'.")
     return (site[0] if site else None), (tracks[0] if tracks else None)
 
@@ -312,7 +313,7 @@ def parse_split(spec: str) -> tuple[SiteKFold | LeaveIGBPOut | SpatialBlocks, in
     kind, _, rest = spec.partition(":")
     kind = _ALIASES.get(kind.strip().lower(), kind.strip().lower())
     if kind not in _SPLITTERS:
-        raise ValueError(f"unknown split {spec!r}; use one of {sorted(_SPLITTERS)}, e.g. "
+        raise InputError(f"unknown split {spec!r}; use one of {sorted(_SPLITTERS)}, e.g. "
                          "'site-kfold:k=5,fold=0', 'igbp:fold=2', 'blocks:block=10,buffer=2'.")
     cls = _SPLITTERS[kind]
     types = {f.name: f.type for f in fields(cls)}
@@ -321,12 +322,12 @@ def parse_split(spec: str) -> tuple[SiteKFold | LeaveIGBPOut | SpatialBlocks, in
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"split option {item!r} in {spec!r} is not key=value.")
+            raise InputError(f"split option {item!r} in {spec!r} is not key=value.")
         if key == "fold":
             fold = int(value)
         elif key in types:
             kwargs[key] = float(value) if types[key] in ("float", float) else int(value)
         else:
-            raise ValueError(f"unknown option {key!r} for split {kind!r}; known: "
+            raise InputError(f"unknown option {key!r} for split {kind!r}; known: "
                              f"{sorted(types)} and 'fold'.")
     return cls(**kwargs), fold

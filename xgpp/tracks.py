@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from xgpp.errors import InputError, NotFoundError
 from xgpp.models.features import FeatureSpec, columns_from_dataset
 from xgpp.samples import _STOP, ShuffleBuffer, background_items, put_until_stopped, store_chunks
 
@@ -81,12 +82,12 @@ def _window_text(time: slice | None) -> str:
 def _check_grid(a_ds: xr.Dataset, b_ds: xr.Dataset, a_name: str, b_name: str) -> None:
     for c in ("lat", "lon"):
         if c not in a_ds.coords or c not in b_ds.coords:
-            raise KeyError(f"both cubes need a {c!r} coordinate; the {a_name} has "
+            raise NotFoundError(f"both cubes need a {c!r} coordinate; the {a_name} has "
                            f"{sorted(map(str, a_ds.coords))}, the {b_name} has "
                            f"{sorted(map(str, b_ds.coords))}.")
         a, b = np.asarray(a_ds[c].values, float), np.asarray(b_ds[c].values, float)
         if a.shape != b.shape or not np.allclose(a, b, atol=1e-6):
-            raise ValueError(
+            raise InputError(
                 f"the {a_name}'s {c!r} axis ({a.size} cells, {a.min():.3f}..{a.max():.3f}) "
                 f"differs from the {b_name}'s ({b.size} cells, {b.min():.3f}..{b.max():.3f}); "
                 "regrid one onto the other first."
@@ -140,7 +141,7 @@ class TrackIndex:
         self.y = np.ascontiguousarray(y, np.int32)
         self.x = np.ascontiguousarray(x, np.int32)
         if not (len(self.t) == len(self.y) == len(self.x)):
-            raise ValueError(f"t, y, x must have equal lengths; got {len(self.t)}, "
+            raise InputError(f"t, y, x must have equal lengths; got {len(self.t)}, "
                              f"{len(self.y)}, {len(self.x)}.")
         self.shape = tuple(int(s) for s in shape)
         self.chunk_sizes = {d: int(chunk_sizes[d]) for d in ("time", "lat", "lon")}
@@ -198,12 +199,12 @@ class TrackIndex:
         from xgpp._chunks import naming_unreadable
 
         if var not in sif:
-            raise KeyError(f"the SIF cube has no variable {var!r}; it has "
+            raise NotFoundError(f"the SIF cube has no variable {var!r}; it has "
                            f"{sorted(map(str, sif.data_vars))}. Pass var=... .")
         product = str(sif.attrs.get("product") or var)
         for d in ("time", "lat", "lon"):
             if d not in sif[var].dims:
-                raise ValueError(f"{product} variable {var!r} has dims {tuple(sif[var].dims)}; "
+                raise InputError(f"{product} variable {var!r} has dims {tuple(sif[var].dims)}; "
                                  f"expected ('time', 'lat', 'lon'). Rename or add {d!r}.")
         _check_grid(sif, drivers, f"{product} cube", "driver cube")
         t_all = pd.DatetimeIndex(sif["time"].values)
@@ -213,7 +214,7 @@ class TrackIndex:
         pos = tdrv.get_indexer(tsif)
         if (pos < 0).any():
             off = tsif[pos < 0]
-            raise ValueError(
+            raise InputError(
                 f"{len(off)} of {len(tsif)} {product} time steps in {_window_text(time)} are "
                 f"not on the driver cube's time axis ({tdrv.min():%Y-%m-%d}..{tdrv.max():%Y-%m-%d}"
                 f", {len(tdrv)} steps), e.g. {', '.join(f'{v:%Y-%m-%d}' for v in off[:3])}. "
@@ -372,11 +373,11 @@ def segment_ids(index: TrackIndex, lat: np.ndarray, lon: np.ndarray, *,
 
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     if lat.ndim != 1 or lon.ndim != 1 or (len(lat), len(lon)) != index.shape[1:]:
-        raise ValueError(f"lat/lon have shapes {lat.shape}/{lon.shape}; the index was built on "
+        raise InputError(f"lat/lon have shapes {lat.shape}/{lon.shape}; the index was built on "
                          f"a grid of {index.shape[1]} x {index.shape[2]} cells. Pass the driver "
                          "cube's lat and lon.")
     if not segment > 0:
-        raise ValueError(f"segment={segment!r} must be a positive latitude extent [degree].")
+        raise InputError(f"segment={segment!r} must be a positive latitude extent [degree].")
     bins = np.floor((lat + 90.0) / float(segment)).astype(np.int64)
     nbins = int(bins.max()) + 1
     out = np.empty(index.n_soundings, np.int64)
@@ -470,9 +471,9 @@ class TrackSplit:
 
     def __post_init__(self) -> None:
         if int(self.k) != self.k or self.k < 2:
-            raise ValueError(f"TrackSplit.k={self.k!r} must be an integer >= 2.")
+            raise InputError(f"TrackSplit.k={self.k!r} must be an integer >= 2.")
         if not (np.isfinite(self.segment) and self.segment > 0):
-            raise ValueError(f"TrackSplit.segment={self.segment!r} must be a positive latitude "
+            raise InputError(f"TrackSplit.segment={self.segment!r} must be a positive latitude "
                              "extent [degree].")
 
     def name(self, fold: int) -> str:
@@ -498,7 +499,7 @@ class TrackSplit:
         ids = segment_ids(index, lat, lon, segment=self.segment)
         n_seg = len(np.unique(ids))
         if n_seg < self.k:
-            raise ValueError(f"{n_seg} track segments cannot fill k={self.k} folds; use fewer "
+            raise InputError(f"{n_seg} track segments cannot fill k={self.k} folds; use fewer "
                              "folds or a smaller segment.")
         of = self.assign(ids)
         return [TrackFold(self.name(f), of == f, self.k, f, self.segment, self.seed)
@@ -507,7 +508,7 @@ class TrackSplit:
     def fold(self, index: TrackIndex, lat: np.ndarray, lon: np.ndarray, fold: int) -> TrackFold:
         """Fold ``fold`` only (``ValueError`` when out of range)."""
         if not 0 <= int(fold) < self.k:
-            raise ValueError(f"fold={fold} is out of range for k={self.k} folds; use 0..{self.k - 1}.")
+            raise InputError(f"fold={fold} is out of range for k={self.k} folds; use 0..{self.k - 1}.")
         return self.folds(index, lat, lon)[int(fold)]
 
     def to_dict(self) -> dict[str, Any]:
@@ -535,7 +536,7 @@ def parse_track_split(spec: str) -> tuple[TrackSplit, int]:
     """
     kind, _, rest = str(spec).partition(":")
     if kind.strip().lower() != "tracks":
-        raise ValueError(f"{spec!r} is not a track split; write e.g. "
+        raise InputError(f"{spec!r} is not a track split; write e.g. "
                          "'tracks:k=5,fold=0,segment=10,seed=0'.")
     kwargs: dict[str, Any] = {}
     fold = 0
@@ -543,14 +544,14 @@ def parse_track_split(spec: str) -> tuple[TrackSplit, int]:
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, sep, value = (s.strip() for s in item.partition("="))
         if not sep:
-            raise ValueError(f"track split option {item!r} in {spec!r} is not key=value.")
+            raise InputError(f"track split option {item!r} in {spec!r} is not key=value.")
         if key not in types:
-            raise ValueError(f"unknown option {key!r} in track split {spec!r}; known: "
+            raise InputError(f"unknown option {key!r} in track split {spec!r}; known: "
                              f"{sorted(types)}.")
         try:
             v = types[key](value)
         except ValueError:
-            raise ValueError(f"track split option {key}={value!r} in {spec!r} is not "
+            raise InputError(f"track split option {key}={value!r} in {spec!r} is not "
                              f"{'an integer' if types[key] is int else 'a number'}.") from None
         if key == "fold":
             fold = v
@@ -558,7 +559,7 @@ def parse_track_split(spec: str) -> tuple[TrackSplit, int]:
             kwargs[key] = v
     split = TrackSplit(**kwargs)
     if not 0 <= fold < split.k:
-        raise ValueError(f"fold={fold} in {spec!r} is out of range for k={split.k} folds; use "
+        raise InputError(f"fold={fold} in {spec!r} is out of range for k={split.k} folds; use "
                          f"0..{split.k - 1}.")
     return split, fold
 
@@ -583,7 +584,7 @@ def validation_segments(ids: np.ndarray, fraction: float, seed: int) -> np.ndarr
     numpy.ndarray of bool
     """
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction={fraction!r} must be in [0, 1).")
+        raise InputError(f"fraction={fraction!r} must be in [0, 1).")
     uniq, inv = np.unique(np.asarray(ids), return_inverse=True)
     n_pick = 0 if fraction == 0 else min(len(uniq) - 1, max(1, round(fraction * len(uniq))))
     pick = np.zeros(len(uniq), bool)
@@ -675,35 +676,35 @@ class MixedSamples:
                  cache_mib: float = 1024.0, unlabelled_pool: float = 4.0) -> None:
         spec.check(drivers, where="driver cube")
         if "igbp" not in drivers:
-            raise KeyError("the driver cube has no static 'igbp' (class number on (lat, lon)), "
+            raise NotFoundError("the driver cube has no static 'igbp' (class number on (lat, lon)), "
                            f"which batches carry; it has {sorted(map(str, drivers.data_vars))}.")
         if var not in sif:
-            raise KeyError(f"the SIF cube has no {var!r}; it has "
+            raise NotFoundError(f"the SIF cube has no {var!r}; it has "
                            f"{sorted(map(str, sif.data_vars))}. Pass var=... .")
         _check_grid(sif, drivers, "SIF cube", "driver cube")
         shape = (drivers.sizes["time"], drivers.sizes["lat"], drivers.sizes["lon"])
         tdrv = np.asarray(drivers["time"].values, "datetime64[ns]")
         if shape != index.shape or not np.array_equal(tdrv, index.time):
-            raise ValueError(f"the index was built on a driver cube of shape {index.shape} "
+            raise InputError(f"the index was built on a driver cube of shape {index.shape} "
                              f"(time, lat, lon), this one has {shape} (or another time axis); "
                              "build the TrackIndex on these drivers.")
         if weight not in ("count", "none"):
-            raise ValueError(f"weight={weight!r}; use 'count' or 'none'.")
+            raise InputError(f"weight={weight!r}; use 'count' or 'none'.")
         use = np.asarray(use)
         if use.dtype != bool or use.shape != (index.n_soundings,):
-            raise ValueError(f"use must be a boolean array with one value per sounding "
+            raise InputError(f"use must be a boolean array with one value per sounding "
                              f"({index.n_soundings}); got dtype {use.dtype}, shape {use.shape}.")
         p = np.asarray(proportions, float)
         if p.shape != (3,) or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
-            raise ValueError(f"proportions={tuple(proportions)!r} must be three non-negative "
+            raise InputError(f"proportions={tuple(proportions)!r} must be three non-negative "
                              "shares (track, site, unlabelled) with a positive sum.")
         p = p / p.sum()
         if p[0] <= 0:
-            raise ValueError(f"proportions={tuple(proportions)!r} give track rows no share; an "
+            raise InputError(f"proportions={tuple(proportions)!r} give track rows no share; an "
                              "epoch is one pass over the soundings, so the track share must be "
                              "> 0.")
         if p[1] > 0 and sites is None:
-            raise ValueError(f"proportions={tuple(proportions)!r} ask for site rows (share "
+            raise InputError(f"proportions={tuple(proportions)!r} ask for site rows (share "
                              f"{p[1]:.3g}) but sites=None; pass sites=(x, gpp, igbp) or set the "
                              "site share to 0.")
         self._site: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -711,13 +712,13 @@ class MixedSamples:
             sx, sg, si = (np.asarray(a) for a in sites)
             n = len(sg)
             if sx.shape != (n, spec.n_features) or sg.shape != (n,) or si.shape != (n,):
-                raise ValueError(f"sites must be (x (n, {spec.n_features}), gpp (n,), igbp (n,)); "
+                raise InputError(f"sites must be (x (n, {spec.n_features}), gpp (n,), igbp (n,)); "
                                  f"got shapes {sx.shape}, {sg.shape}, {si.shape}.")
             if n == 0:
-                raise ValueError("sites hold no sample; pass site samples or set the site "
+                raise InputError("sites hold no sample; pass site samples or set the site "
                                  "share to 0.")
             if not (np.isfinite(sx).all() and np.isfinite(sg).all()):
-                raise ValueError("site x or gpp hold non-finite values; drop those samples "
+                raise InputError("site x or gpp hold non-finite values; drop those samples "
                                  "first (xgpp.samples.site_samples does).")
             self._site = (sx.astype(np.float32), sg.astype(np.float32),
                           si.astype(np.float32))
@@ -726,10 +727,10 @@ class MixedSamples:
         self._sif_pos = tsif.get_indexer(pd.DatetimeIndex(tdrv)).astype(np.int64)
         used = np.flatnonzero(use)
         if not len(used):
-            raise ValueError(f"use selects none of the {index.n_soundings} soundings; a loader "
+            raise InputError(f"use selects none of the {index.n_soundings} soundings; a loader "
                              "needs at least one.")
         if (self._sif_pos[index.t[used]] < 0).any():
-            raise ValueError("some used soundings fall on driver steps the SIF cube lacks; pass "
+            raise InputError("some used soundings fall on driver steps the SIF cube lacks; pass "
                              "the SIF cube the index was built from.")
         # used soundings grouped by chunk (stable: (t, y, x) order inside a chunk)
         by_chunk = np.argsort(index.chunk_id[used], kind="stable")
@@ -743,7 +744,7 @@ class MixedSamples:
         self.weight = weight
         self.sif_scale = (float(sif_scale[0]), float(sif_scale[1]))
         if not self.sif_scale[1] > 0:
-            raise ValueError(f"sif_scale={sif_scale!r}: the std must be > 0.")
+            raise InputError(f"sif_scale={sif_scale!r}: the std must be > 0.")
         self.proportions = (float(p[0]), float(p[1]), float(p[2]))
         self.batch_size = max(1, int(batch_size))
         self.shuffle_buffer = max(0, int(shuffle_buffer))
@@ -752,7 +753,7 @@ class MixedSamples:
         self.client = client
         self.seed = int(seed)
         if cache_mib < 0 or unlabelled_pool < 1:
-            raise ValueError(f"cache_mib={cache_mib} must be >= 0 and unlabelled_pool="
+            raise InputError(f"cache_mib={cache_mib} must be >= 0 and unlabelled_pool="
                              f"{unlabelled_pool} >= 1.")
         self.cache_bytes = int(cache_mib * 2**20)
         self.unlabelled_pool = float(unlabelled_pool)
@@ -1109,14 +1110,14 @@ class MixedSamples:
         """
         use = np.asarray(use)
         if use.dtype != bool or use.shape != (self.index.n_soundings,):
-            raise ValueError(f"use must be a boolean array with one value per sounding "
+            raise InputError(f"use must be a boolean array with one value per sounding "
                              f"({self.index.n_soundings}); got dtype {use.dtype}, shape "
                              f"{use.shape}.")
         if max_samples is not None and max_samples < 1:
-            raise ValueError(f"max_samples={max_samples} must be >= 1 (or None for all).")
+            raise InputError(f"max_samples={max_samples} must be >= 1 (or None for all).")
         cand = np.flatnonzero(use)
         if (self._sif_pos[self.index.t[cand]] < 0).any():
-            raise ValueError("some selected soundings fall on driver steps the SIF cube lacks; "
+            raise InputError("some selected soundings fall on driver steps the SIF cube lacks; "
                              "pass the SIF cube the index was built from.")
         if max_samples is not None:
             keys = np.random.default_rng([self.seed, 31]).random(len(cand))

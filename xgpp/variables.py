@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import xarray as xr
 
+from xgpp.errors import NotFoundError, UnitError
+
 __all__ = [
     "VARIABLES",
     "DRIVERS",
@@ -150,7 +152,7 @@ def get_variable(name: str) -> Variable:
     try:
         return VARIABLES[name]
     except KeyError as err:
-        raise KeyError(
+        raise NotFoundError(
             f"unknown variable {name!r}: xgpp's canonical variables are {sorted(VARIABLES)}. "
             "Rename your variable to one of these (see docs/data_model.md)."
         ) from err
@@ -206,7 +208,7 @@ def unit_conversion(units: str, name: str) -> tuple[float, float]:
     found = str(units).strip()
     result = _conversion(found, var.units)
     if isinstance(result, str):
-        raise ValueError(
+        raise UnitError(
             f"variable {name!r} has units {units!r}, {result}; expected the canonical "
             f"{var.units!r} or a unit convertible to it (e.g. {_examples(var.units)}). Convert "
             f"the data, or set the 'units' attribute to the UDUNITS spelling of the unit they "
@@ -319,7 +321,7 @@ def normalise_units(da: xr.DataArray, name: str | None = None) -> xr.DataArray:
     var = get_variable(name)
     units = da.attrs.get("units")
     if units is None:
-        raise ValueError(
+        raise UnitError(
             f"variable {name!r} has no 'units' attribute; expected {var.units!r}. "
             f"Set ds[{name!r}].attrs['units'] to the unit the data are in."
         )
@@ -336,11 +338,11 @@ def check_units(ds: xr.Dataset | xr.DataArray, names: list[str] | tuple[str, ...
     items = {ds.name: ds} if isinstance(ds, xr.DataArray) else dict(ds.data_vars)
     for name in names or [n for n in items if n in VARIABLES]:
         if name not in items:
-            raise KeyError(f"{where} has no variable {name!r}; it has {sorted(map(str, items))}.")
+            raise NotFoundError(f"{where} has no variable {name!r}; it has {sorted(map(str, items))}.")
         var = get_variable(str(name))
         units = items[name].attrs.get("units")
         if units != var.units:
-            raise ValueError(
+            raise UnitError(
                 f"variable {name!r} in {where} has units {units!r}, expected {var.units!r}. "
                 f"Convert it with xgpp.variables.normalise_units(ds[{name!r}])."
             )

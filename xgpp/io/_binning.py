@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from xgpp.errors import UnitError
 from xgpp.io._grid import Grid
 from xgpp.io._paths import basename
 from xgpp.io._time import step_range, step_start
@@ -63,7 +64,7 @@ def decode_cf_time(values: np.ndarray, units: str, *, where: str = "") -> pd.Dat
     """Decode ``"<unit> since <date>"`` numbers into datetimes."""
     m = re.match(r"\s*(\w+)\s+since\s+(.+)$", str(units))
     if not m or m.group(1).lower() not in _CF_UNITS:
-        raise ValueError(
+        raise UnitError(
             f"{where}: time units {units!r} are not of the CF form '<unit> since <date>' with "
             f"unit in {sorted(set(_CF_UNITS))}."
         )

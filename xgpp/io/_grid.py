@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from xgpp.errors import InputError
+
 __all__ = ["Grid", "make_grid", "GridLike"]
 
 GridLike = float | int | xr.Dataset | xr.DataArray
@@ -77,7 +79,7 @@ def _check_regular(values: np.ndarray, name: str, where: str) -> None:
         return
     step = np.diff(values)
     if np.any(step <= 0) or not np.allclose(step, step[0], rtol=1e-6, atol=1e-9):
-        raise ValueError(
+        raise InputError(
             f"{where}: coordinate {name!r} must be regularly spaced and ascending (cell centres); "
             f"found spacings from {step.min():.6g} to {step.max():.6g} degree. "
             "Pass xgpp.io.harmonize(ds) first to flip or sort it, or give grid as a resolution."
@@ -96,7 +98,7 @@ def make_grid(grid: GridLike, *, where: str = "grid") -> Grid:
         for key, options in names.items():
             hit = [n for n in options if n in grid.coords]
             if not hit:
-                raise ValueError(
+                raise InputError(
                     f"{where}: the target has no {key!r} coordinate (looked for {list(options)}; "
                     f"it has {sorted(map(str, grid.coords))}). Pass a dataset with lat/lon cell "
                     "centres or a resolution in degrees."
@@ -106,7 +108,7 @@ def make_grid(grid: GridLike, *, where: str = "grid") -> Grid:
         _check_regular(lat, "lat", where)
         _check_regular(lon, "lon", where)
         if lat.min() < -90 or lat.max() > 90 or lon.min() < -180 or lon.max() > 180:
-            raise ValueError(
+            raise InputError(
                 f"{where}: target lat/lon must be cell centres with lat in -90..90 and lon in "
                 f"-180..180; found lat {lat.min()}..{lat.max()}, lon {lon.min()}..{lon.max()}. "
                 "Run xgpp.io.harmonize on the target first."
@@ -121,7 +123,7 @@ def make_grid(grid: GridLike, *, where: str = "grid") -> Grid:
         ) from err
     n = 180.0 / res if res > 0 else np.nan
     if not np.isfinite(n) or abs(n - round(n)) > 1e-6:
-        raise ValueError(
+        raise InputError(
             f"{where}: resolution {res!r} degree must be positive and divide 180 exactly "
             "(e.g. 0.05, 0.1, 0.25, 0.5, 1)."
         )

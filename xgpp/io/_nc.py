@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xgpp.errors import CorruptChunkError, MissingDependencyError, NotFoundError
 from xgpp.io._paths import basename, local_path, open_binary
 
 __all__ = ["open_dataset", "open_nc", "has_var", "read_var", "list_vars"]
@@ -30,7 +31,7 @@ def _netcdf4():
     try:
         import netCDF4
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise MissingDependencyError(
             "reading satellite netCDF files needs the netCDF4 package: pip install netCDF4"
         ) from err
     return netCDF4
@@ -48,7 +49,7 @@ def open_nc(url: str) -> Iterator[Any]:
             with open_binary(url) as f:
                 ds = nc4.Dataset(basename(url), "r", memory=f.read())
     except OSError as err:
-        raise OSError(
+        raise CorruptChunkError(
             f"cannot read {url!r} as netCDF4/HDF5: {err}. Check that the file is a complete "
             "netCDF file (not an HTML error page or a partial download)."
         ) from err
@@ -72,7 +73,7 @@ def read_var(ds: Any, path: str, *, url: str = "") -> tuple[np.ndarray, dict[str
     try:
         var = ds[path]
     except (IndexError, KeyError) as err:
-        raise KeyError(
+        raise NotFoundError(
             f"{basename(url) or 'file'} has no variable {path!r}; it has {list_vars(ds)}."
         ) from err
     var.set_auto_maskandscale(True)

@@ -9,6 +9,8 @@ from typing import IO, Any
 
 import fsspec
 
+from xgpp.errors import InputError
+
 __all__ = ["PathsLike", "expand_paths", "open_binary", "local_path", "basename"]
 
 PathsLike = str | os.PathLike | Iterable[str | os.PathLike]
@@ -20,7 +22,7 @@ def _expand_one(item: str, suffixes: tuple[str, ...] | None) -> list[str]:
     try:
         fs, path = fsspec.core.url_to_fs(item)
     except (ValueError, ImportError) as err:
-        raise ValueError(
+        raise InputError(
             f"cannot open {item!r}: fsspec does not know its protocol ({err}). "
             "Pass a local path, a glob, or an fsspec URL such as 's3://bucket/key.nc' "
             "(remote protocols need their package, e.g. s3fs)."

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from xgpp.errors import InputError
+
 __all__ = ["FREQS", "check_freq", "step_start", "step_range", "step_days", "infer_freq"]
 
 FREQS: tuple[str, ...] = ("8D", "D", "MS")
@@ -17,7 +19,7 @@ FREQS: tuple[str, ...] = ("8D", "D", "MS")
 def check_freq(freq: str) -> str:
     """Return ``freq`` if xgpp supports it, else raise an error listing the supported ones."""
     if freq not in FREQS:
-        raise ValueError(
+        raise InputError(
             f"time step freq={freq!r} is not supported; xgpp cubes use one of {list(FREQS)} "
             "('8D' = MODIS 8-day steps from each 1 January, 'D' = daily, 'MS' = calendar months)."
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from xgpp.errors import UnitError
 from xgpp.variables import get_variable, normalise_units, unit_conversion
 
 __all__ = ["canonical_spelling", "to_canonical", "normalise"]
@@ -38,7 +39,7 @@ def normalise(da: xr.DataArray, name: str, *, where: str = "") -> xr.DataArray:
         return normalise_units(da, name)
     except ValueError as err:
         loc = f"{where}: " if where else ""
-        raise ValueError(f"{loc}{err}") from err
+        raise UnitError(f"{loc}{err}") from err
 
 
 def to_canonical(values: np.ndarray, units: str | None, name: str, *,

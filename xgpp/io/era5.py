@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from xgpp.errors import InputError, NotFoundError, UnitError
 from xgpp.io._grid import GridLike
 from xgpp.io._nc import open_dataset
 from xgpp.io._paths import PathsLike, basename, expand_paths
@@ -52,7 +53,7 @@ def _open_all(urls: list[str], what: str, **kwargs) -> xr.Dataset:
         return xr.concat(parts, dim="time", data_vars="all", coords="minimal",
                          join="exact", compat="override").sortby("time")
     except ValueError as err:
-        raise ValueError(f"{what} files {[basename(u) for u in urls]} do not share one lat/lon "
+        raise InputError(f"{what} files {[basename(u) for u in urls]} do not share one lat/lon "
                          f"grid and variables, so they cannot be stacked in time: {err}") from err
 
 
@@ -88,11 +89,11 @@ def read_era5(paths: PathsLike, *, grid: GridLike | None = None, freq: str = "8D
     src = _open_all(urls, "ERA5")
     known = ("t2m", "d2m", "sp", "ssrd")
     if not any(v in src for v in known):
-        raise KeyError(f"ERA5 files {[basename(u) for u in urls][:3]} have none of {list(known)}; "
+        raise NotFoundError(f"ERA5 files {[basename(u) for u in urls][:3]} have none of {list(known)}; "
                        f"found {sorted(map(str, src.data_vars))}.")
     for v in [v for v in known if v in src]:
         if "units" not in src[v].attrs:
-            raise ValueError(f"ERA5 variable {v!r} has no 'units' attribute (file "
+            raise UnitError(f"ERA5 variable {v!r} has no 'units' attribute (file "
                              f"{basename(urls[0])}); xgpp converts units from the attribute.")
     out = {}
     if "t2m" in src:
@@ -106,12 +107,12 @@ def read_era5(paths: PathsLike, *, grid: GridLike | None = None, freq: str = "8D
     if "ssrd" in src:
         units = str(src["ssrd"].attrs["units"]).replace("**", "").replace("^", "")
         if units not in ("J m-2", "J/m2"):
-            raise ValueError(f"ERA5 ssrd has units {src['ssrd'].attrs['units']!r}; expected "
+            raise UnitError(f"ERA5 ssrd has units {src['ssrd'].attrs['units']!r}; expected "
                              "'J m**-2' (accumulated energy).")
         t = src["time"].values
         dt = np.diff(t).astype("timedelta64[s]").astype(float)
         if len(t) < 2 or not np.allclose(dt, dt[0]):
-            raise ValueError("ERA5 ssrd: accumulations need a regular time axis of >= 2 steps "
+            raise InputError("ERA5 ssrd: accumulations need a regular time axis of >= 2 steps "
                              f"(found spacings {sorted(set(dt))[:3]} s).")
         ppfd = (src["ssrd"] / dt[0] * SW_TO_PPFD).shift(time=-1)
         out["ppfd"] = ppfd.rename("ppfd").assign_attrs(attrs_for("ppfd"))
@@ -162,7 +163,7 @@ def read_modis(paths: PathsLike, *, grid: GridLike | None = None, freq: str = "8
     src = _open_all(urls, "MODIS", mask_and_scale=False)
     present = [f for f in fields if f in src]
     if not present:
-        raise KeyError(f"MODIS files {[basename(u) for u in urls][:3]} have none of "
+        raise NotFoundError(f"MODIS files {[basename(u) for u in urls][:3]} have none of "
                        f"{list(fields)}; found {sorted(map(str, src.data_vars))}.")
     out = {}
     for field in present:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from xgpp.errors import InputError, NotFoundError
 from xgpp.io._paths import PathsLike, basename, expand_paths, open_binary
 from xgpp.io._time import check_freq, step_days, step_range, step_start
 from xgpp.io._units import to_canonical
@@ -67,14 +68,14 @@ def parse_fluxnet_name(url: str) -> _Name:
     name = basename(url)
     m = _NAME.match(name)
     if not m:
-        raise ValueError(
+        raise InputError(
             f"{name!r} is not a FLUXNET file name: expected "
             "'<NET>_<CC-Sss>_FLUXNET[2015]_<FULLSET|SUBSET>_<HH|HR|DD|WW|MM>_...csv', e.g. "
             "'FLX_US-Ha1_FLUXNET2015_FULLSET_DD_1991-2012_1-4.csv'. Rename the file or pass only "
             "FLUXNET CSVs."
         )
     if m["res"] == "YY":
-        raise ValueError(f"{name}: yearly (YY) files are coarser than any xgpp time step; pass "
+        raise InputError(f"{name}: yearly (YY) files are coarser than any xgpp time step; pass "
                          "HH, HR, DD, WW or MM files.")
     return _Name(site=m["site"], res=m["res"], product=m["set"])
 
@@ -88,12 +89,12 @@ def _load_sites(sites) -> pd.DataFrame:
     need = ["SITE_ID", "LOCATION_LAT", "LOCATION_LONG", "IGBP"]
     missing = [c for c in need if c not in df.columns]
     if missing:
-        raise KeyError(f"site table lacks column(s) {missing}; FLUXNET site lists have {need}; "
+        raise NotFoundError(f"site table lacks column(s) {missing}; FLUXNET site lists have {need}; "
                        f"found {list(df.columns)}.")
     df = df.drop_duplicates("SITE_ID").set_index("SITE_ID")
     bad = sorted(set(df["IGBP"].astype(str).str.strip()) - set(IGBP_CODES))
     if bad:
-        raise ValueError(f"site table has unknown IGBP code(s) {bad}; expected one of "
+        raise InputError(f"site table has unknown IGBP code(s) {bad}; expected one of "
                          f"{list(IGBP_CODES)}.")
     return df
 
@@ -112,7 +113,7 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
         header = pd.read_csv(f, nrows=0).columns.tolist()
         if gpp_col not in header:
             found_gpp = [c for c in header if c.upper().startswith("GPP")]
-            raise KeyError(
+            raise NotFoundError(
                 f"{basename(url)} (site {info.site}) has no GPP column {gpp_col!r} (looked for "
                 f"gpp_variable={gpp_col!r}); GPP columns found: {found_gpp or 'none'}; all "
                 f"columns found: {header}. Pass gpp_variable= one of the GPP columns found "
@@ -120,7 +121,7 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
             )
         required = [c for c in dict.fromkeys(ts_cols + [_QC]) if c not in header]
         if required:
-            raise KeyError(
+            raise NotFoundError(
                 f"{basename(url)} (site {info.site}) lacks column(s) {required}; columns found: "
                 f"{header}. FLUXNET {info.product} {info.res} files carry the timestamp "
                 f"{ts_cols[0]} and the GPP quality flag {_QC} (FLUXNET2015 variable list); "
@@ -139,13 +140,13 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
     try:
         t = pd.to_datetime(df[ts_cols[0]].str.strip(), format=_TS_FORMAT[info.res])
     except (ValueError, TypeError) as err:
-        raise ValueError(
+        raise InputError(
             f"{basename(url)}: column {ts_cols[0]} must hold {_TS_FORMAT[info.res]} times for "
             f"{info.res} files; first values {df[ts_cols[0]].head(3).tolist()}."
         ) from err
     dup = t[t.duplicated()]
     if len(dup):
-        raise ValueError(f"{basename(url)} (site {info.site}) has duplicated timestamp "
+        raise InputError(f"{basename(url)} (site {info.site}) has duplicated timestamp "
                          f"{dup.iloc[0]} ({len(dup)} duplicates); each period must appear once.")
     counts = {"values": 0, "missing": 0, "qc": 0}
     out = {}
@@ -160,7 +161,7 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
         v[missing_v] = np.nan
         if name == "gpp":
             if not np.isfinite(v).any():
-                raise ValueError(f"{basename(url)}: site {info.site} has no valid {col} value "
+                raise InputError(f"{basename(url)}: site {info.site} has no valid {col} value "
                                  "(all -9999 or empty); remove the file or pick another "
                                  "gpp_variable.")
             counts["values"] = int(v.size)
@@ -179,7 +180,7 @@ def _aggregate(df: pd.DataFrame, res: str, freq: str, min_coverage: float,
                ) -> tuple[pd.DataFrame, int]:
     """Means per step, masked where the fraction of valid sub-steps is below ``min_coverage``."""
     if res in ("WW", "MM") and freq != "MS":
-        raise ValueError(f"{res} files cannot be aggregated to freq={freq!r}: xgpp never "
+        raise InputError(f"{res} files cannot be aggregated to freq={freq!r}: xgpp never "
                          "disaggregates; use daily (DD) or sub-daily files, or freq='MS'.")
     labels = step_start(df.index, freq)
     g = df.groupby(labels)
@@ -253,7 +254,7 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
     check_freq(freq)
     unknown = [d for d in drivers if d not in COLUMNS]
     if unknown:
-        raise ValueError(f"drivers {unknown} have no FLUXNET column mapping; choose from "
+        raise InputError(f"drivers {unknown} have no FLUXNET column mapping; choose from "
                          f"{sorted(COLUMNS)}.")
     urls = expand_paths(paths, suffixes=(".csv",), what="FLUXNET CSV")
     table = _load_sites(sites) if sites is not None else None
@@ -267,13 +268,13 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
     by_site: dict[str, str] = {}
     for u, info in infos.items():
         if info.site in by_site:
-            raise ValueError(f"site {info.site} has several files: {basename(by_site[info.site])} "
+            raise InputError(f"site {info.site} has several files: {basename(by_site[info.site])} "
                              f"and {basename(u)}; pass one file (one resolution) per site.")
         by_site[info.site] = u
     if table is not None:
         absent = [s for s in by_site if s not in table.index]
         if absent:
-            raise KeyError(f"site(s) {absent} are not in the site table (it lists "
+            raise NotFoundError(f"site(s) {absent} are not in the site table (it lists "
                            f"{len(table)} sites); add them with LOCATION_LAT, LOCATION_LONG and "
                            "IGBP, or remove their files.")
     columns = {"gpp": (gpp_variable, ""), **{d: COLUMNS[d] for d in drivers}}

@@ -14,6 +14,7 @@ import pandas as pd
 import xarray as xr
 from dask.array.core import PerformanceWarning
 
+from xgpp.errors import InputError
 from xgpp.io._grid import Grid, GridLike, make_grid
 from xgpp.io._time import check_freq, infer_freq, step_days, step_range, step_start
 from xgpp.io._units import normalise
@@ -32,13 +33,13 @@ def _canonical_dims(ds: xr.Dataset) -> xr.Dataset:
     ds = ds.rename(rename)
     for dim in ("lat", "lon"):
         if dim not in ds.dims:
-            raise ValueError(
+            raise InputError(
                 f"harmonize: the dataset has no {dim!r} dimension (dims found: "
                 f"{sorted(map(str, ds.dims))}); expected 'lat'/'lon' or 'latitude'/'longitude'. "
                 "Rename the spatial dimensions with ds.rename(...)."
             )
         if dim not in ds.coords:
-            raise ValueError(f"harmonize: dimension {dim!r} has no coordinate values; assign "
+            raise InputError(f"harmonize: dimension {dim!r} has no coordinate values; assign "
                              "the cell centres with ds.assign_coords(...).")
     return ds
 
@@ -49,7 +50,7 @@ def _fix_lonlat(ds: xr.Dataset) -> xr.Dataset:
         ds = ds.assign_coords(lon=((lon + 180.0) % 360.0) - 180.0)
     lat = np.asarray(ds["lat"].values, dtype=float)
     if lat.min() < -90.0 or lat.max() > 90.0:
-        raise ValueError(f"harmonize: 'lat' spans {lat.min()}..{lat.max()}, outside -90..90 "
+        raise InputError(f"harmonize: 'lat' spans {lat.min()}..{lat.max()}, outside -90..90 "
                          "degree_north; is it in radians or projected metres?")
     if not (np.all(np.diff(ds["lon"].values) > 0) and np.all(np.diff(lat) > 0)):
         ds = ds.sortby(["lat", "lon"])
@@ -64,7 +65,7 @@ def _normalise_all(ds: xr.Dataset, strict: bool) -> xr.Dataset:
         if name in VARIABLES:
             out[name] = normalise(ds[name], str(name), where=f"harmonize variable {name!r}")
         elif strict:
-            raise ValueError(
+            raise InputError(
                 f"harmonize: variable {name!r} is not one of xgpp's canonical variables "
                 f"{sorted(VARIABLES)}; rename it (ds.rename({{{name!r}: '<canonical>'}})) or drop "
                 "it before harmonising (see docs/data_model.md)."
@@ -79,7 +80,7 @@ def _aggregate_time(ds: xr.Dataset, freq: str, min_coverage: float,
     t = pd.DatetimeIndex(ds["time"].values)
     dup = t[t.duplicated()]
     if len(dup):
-        raise ValueError(f"harmonize: duplicated time stamp {dup[0]} ({len(dup)} duplicates); "
+        raise InputError(f"harmonize: duplicated time stamp {dup[0]} ({len(dup)} duplicates); "
                          "each time must appear once. Drop duplicates with "
                          "ds.drop_duplicates('time').")
     if not t.is_monotonic_increasing:
@@ -94,7 +95,7 @@ def _aggregate_time(ds: xr.Dataset, freq: str, min_coverage: float,
         spacing = float(step_seconds[0])
     already = labels.equals(t) and (len(t) < 2 or infer_freq(t) == freq)
     if spacing > np.median(step_seconds) * 1.001 and not already:
-        raise ValueError(
+        raise InputError(
             f"harmonize: the data's time spacing ({spacing / 86400:.3g} days) is coarser than "
             f"the target step freq={freq!r} ({step_seconds.min() / 86400:.3g} days); xgpp "
             "aggregates, it never disaggregates. Choose a coarser freq."
@@ -136,7 +137,7 @@ def _aggregate_time(ds: xr.Dataset, freq: str, min_coverage: float,
 def _check_factor(ratio: float, dim: str, src: float, dst: float) -> int:
     k = round(ratio)
     if k < 1 or abs(ratio - k) > 1e-6:
-        raise ValueError(
+        raise InputError(
             f"harmonize: grid does not match along {dim!r}: source spacing {src:.6g} degree, "
             f"target {dst:.6g} degree; xgpp coarsens only by an integer factor (target/source = "
             f"{ratio:.6g}). Regrid the source first (e.g. with xESMF) or pick a target whose "
@@ -155,7 +156,7 @@ def _regrid(ds: xr.Dataset, target: Grid) -> xr.Dataset:
         edge0 = tgt[0] - t / 2
         offset = (edge0 - (getattr(src, dim)[0] - s / 2)) / s
         if abs(offset - round(offset)) > 1e-4:
-            raise ValueError(
+            raise InputError(
                 f"harmonize: grid does not match along {dim!r}: target cell edges start at "
                 f"{edge0:.6g} degree but source edges lie at {getattr(src, dim)[0] - s / 2:.6g} + "
                 f"n*{s:.6g}; the target's cells must be unions of source cells."
@@ -179,7 +180,7 @@ def _regrid(ds: xr.Dataset, target: Grid) -> xr.Dataset:
     for name in spatial:
         x = ds[name]
         if name in _CATEGORICAL:
-            raise ValueError(
+            raise InputError(
                 f"harmonize: variable {name!r} is categorical and cannot be averaged onto a "
                 f"{kl}x{ko} coarser grid; compute its majority class at the target resolution."
             )
@@ -250,7 +251,7 @@ def harmonize(ds: xr.Dataset, like: xr.Dataset | None = None, *,
             inferred = infer_freq(like_time)
             if freq is None:
                 if inferred is None:
-                    raise ValueError(
+                    raise InputError(
                         "harmonize: cannot tell the time step of `like`: its time labels are not "
                         "consecutive starts of '8D' (MODIS), 'D' or 'MS' steps. Pass freq=..."
                     )

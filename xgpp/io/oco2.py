@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from xgpp.errors import NotFoundError, UnitError
 from xgpp.io._binning import Points, binned_cube, date_from_name, decode_cf_time, group_by_step
 from xgpp.io._grid import GridLike, make_grid
 from xgpp.io._nc import has_var, list_vars, open_nc, read_var
@@ -43,7 +44,7 @@ def _pick(found: list[str], options: Sequence[str], what: str, url: str) -> str:
     for name in options:
         if name in found:
             return name
-    raise KeyError(
+    raise NotFoundError(
         f"{basename(url)}: no {what} field in this OCO-2 Lite file; looked for {list(options)}, "
         f"found {found}. Is this an OCO-2 SIF Lite file (oco2_LtSIF_*.nc4)?"
     )
@@ -69,7 +70,7 @@ def _read_lite(url: str, *, layout: dict[str, str | None], max_quality_flag: int
         lon, _ = read_var(nc, layout["lon"], url=url)
         sif, attrs = read_var(nc, layout["sif"], url=url)
         if "units" not in attrs:
-            raise ValueError(
+            raise UnitError(
                 f"{basename(url)}: variable {layout['sif']!r} has no 'units' attribute; OCO-2 "
                 "Lite SIF is 'W/m^2/sr/µm'. xgpp converts from the attribute and never guesses."
             )
@@ -95,7 +96,7 @@ def _date(url: str, layout: dict[str, str | None]) -> pd.Timestamp:
         values, attrs = read_var(nc, name, url=url)
     units = attrs.get("units", _DEFAULT_TIME_UNITS.get(name))
     if units is None:
-        raise ValueError(f"{basename(url)}: time field {name!r} has no units and the file name "
+        raise UnitError(f"{basename(url)}: time field {name!r} has no units and the file name "
                          "has no date (oco2_LtSIF_YYMMDD_...); cannot date the file.")
     times = decode_cf_time(values[np.isfinite(values)], units, where=basename(url))
     return pd.Timestamp(np.sort(times.values)[len(times) // 2]).floor("D")

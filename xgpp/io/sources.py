@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from xgpp.errors import InputError, MissingDependencyError, UnknownOptionError
 from xgpp.io._paths import _GLOB_CHARS, PathsLike, basename, expand_paths
 from xgpp.io.fluxnet import _NAME as _FLUXNET_NAME
 from xgpp.io.fluxnet import read_fluxnet
@@ -111,7 +112,7 @@ class FileSource:
         """Raise ``TypeError`` naming the reader's keywords when ``options`` has others."""
         unknown = sorted(set(options) - set(self.option_names))
         if unknown:
-            raise TypeError(
+            raise UnknownOptionError(
                 f"{self.name} files are read by xgpp.io.{self.reader.__name__}, which takes "
                 f"{self.option_names}; got unknown reader option(s) {unknown}. fsspec storage "
                 "options (endpoint_url, anon, key...) apply to Zarr stores only."
@@ -121,7 +122,7 @@ class FileSource:
              **options: Any) -> xr.Dataset:
         """``reader(paths, **options)``; no storage options (the readers use fsspec defaults)."""
         if storage_options:
-            raise ValueError(
+            raise InputError(
                 f"{self.name} files are opened by xgpp.io.{self.reader.__name__} with fsspec's "
                 f"default configuration, so storage options {sorted(storage_options)} cannot be "
                 "passed. Give credentials through the environment (AWS_PROFILE, "
@@ -151,7 +152,7 @@ class ZarrSource:
         from xgpp.catalog import _open_zarr
 
         if options:
-            raise TypeError(
+            raise UnknownOptionError(
                 f"a Zarr cube takes no reader options; got {sorted(options)}. Subset or regrid "
                 "the opened dataset instead (ds.sel, ds.interp); fsspec options go in "
                 "storage_options."
@@ -182,7 +183,7 @@ def register_source(source: DataSource, *, replace: bool = False) -> DataSource:
             "(see xgpp.io.sources.DataSource)."
         )
     if source.name in SOURCES and not replace:
-        raise ValueError(f"a data source named {source.name!r} is registered already; pass "
+        raise InputError(f"a data source named {source.name!r} is registered already; pass "
                          "replace=True to replace it.")
     SOURCES[source.name] = source
     return source
@@ -237,7 +238,7 @@ def _zarr_root(url: str, storage_options: Mapping[str, Any]) -> bool:
         root = root.rstrip("/")
         return fs.isdir(root) and any(fs.exists(f"{root}/{m}") for m in _ZARR_META)
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             f"opening {url} needs the fsspec backend for its protocol ({err}). Install the cloud "
             "extra: pip install 'xgpp[cloud]' (s3fs, gcsfs)."
         ) from err
@@ -289,21 +290,21 @@ def detect_source(paths: PathsLike, *,
     claims = {name: found for name, s in SOURCES.items() if (found := s.matches(files))}
     if "zarr" in claims:
         stores = sorted({f[: f.index(".zarr") + 5] for f in claims["zarr"] if ".zarr" in f})
-        raise ValueError(
+        raise InputError(
             f"{where} holds Zarr store(s) {[basename(s) for s in stores[:_SHOWN]]} rather than "
             "being one; open a store itself (e.g. "
             f"{stores[0] if stores else where + '/<name>.zarr'}) or the folder's catalog "
             "(xgpp.open_catalog(folder))."
         )
     if not claims:
-        raise ValueError(
+        raise InputError(
             f"cannot tell what {where} holds: none of its {len(files)} file(s) "
             f"({_shown(files)}) is named like a format xgpp knows. Known formats: {_known()}. "
             "Rename the files, or pass format=<name> to read them with that format's reader."
         )
     if len(claims) > 1:
         found = "; ".join(f"{name}: {_shown(f)}" for name, f in claims.items())
-        raise ValueError(
+        raise InputError(
             f"{where} holds files of several formats ({found}). Point at one format's folder "
             f"or a glob (e.g. '<folder>/TROPOSIF_*.nc'), or pass format= one of {sorted(claims)}."
         )
@@ -342,7 +343,7 @@ def open_source(paths: PathsLike, *, format: str | None = None,  # noqa: A002 - 
     """
     if format is not None:
         if format not in SOURCES:
-            raise ValueError(f"unknown format {format!r}; registered formats: "
+            raise InputError(f"unknown format {format!r}; registered formats: "
                              f"{sorted(SOURCES)} ({_known()}).")
         source, target = SOURCES[format], paths
     else:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from xgpp.errors import InputError, NotFoundError, UnitError
 from xgpp.io._binning import Points, binned_cube, date_from_name, decode_cf_time, group_by_step
 from xgpp.io._grid import GridLike, make_grid
 from xgpp.io._nc import has_var, list_vars, open_dataset, open_nc, read_var
@@ -34,7 +35,7 @@ _DATE_PATTERNS = (r"(\d{4})-(\d{2})-(\d{2})", r"(?<!\d)(\d{4})(\d{2})(\d{2})(?!\
 
 def _units_of(attrs: dict, var: str, url: str) -> str:
     if "units" not in attrs:
-        raise ValueError(
+        raise UnitError(
             f"{basename(url)}: variable {var!r} has no 'units' attribute; xgpp converts units "
             "from the attribute and never guesses. TROPOSIF SIF should read 'mW m-2 sr-1 nm-1'; "
             "fix the file's attribute (e.g. with nco: ncatted -a units,...)."
@@ -79,7 +80,7 @@ def _l2b_date(url: str) -> pd.Timestamp:
                                       where=f"{basename(url)} {ref_path}")[0]
             times = ref_time + pd.to_timedelta(delta[np.isfinite(delta)], unit="ms")
     if len(times) == 0:
-        raise ValueError(f"{basename(url)}: no valid delta_time, cannot date the file; "
+        raise InputError(f"{basename(url)}: no valid delta_time, cannot date the file; "
                          "name it TROPOSIF_L2B_YYYY-MM-DD.nc.")
     return pd.Timestamp(np.sort(times.values)[len(times) // 2]).floor("D")
 
@@ -87,7 +88,7 @@ def _l2b_date(url: str) -> pd.Timestamp:
 def _open_l3(url: str, variable: str) -> xr.Dataset:
     ds = open_dataset(url)
     if variable not in ds:
-        raise KeyError(
+        raise NotFoundError(
             f"{basename(url)}: gridded TROPOMI file has no variable {variable!r}; it has "
             f"{sorted(map(str, ds.data_vars))}. Pass variable=<name of the SIF field>."
         )
@@ -104,7 +105,7 @@ def _open_l3(url: str, variable: str) -> xr.Dataset:
     else:
         day = date_from_name(url, _DATE_PATTERNS)
         if day is None:
-            raise ValueError(f"{basename(url)}: gridded file has no time dimension and no date "
+            raise InputError(f"{basename(url)}: gridded file has no time dimension and no date "
                              "YYYY-MM-DD in its name; cannot place it in time.")
         out = out.expand_dims(time=[day])
     return out
@@ -145,7 +146,7 @@ def read_tropomi(paths: PathsLike, *, grid: GridLike = 0.5, freq: str = "8D",
         found = list_vars(nc)
     if is_l2b:
         if f"PRODUCT/{variable}" not in found:
-            raise KeyError(
+            raise NotFoundError(
                 f"{basename(urls[0])}: TROPOSIF L2B file has no PRODUCT/{variable}; it has "
                 f"{found}. Pass variable='SIF_743' or 'SIF_Corr_743'."
             )

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from xgpp._version import __version__
+from xgpp.errors import BundleError
 from xgpp.models.base import BUNDLE_FORMAT
 
 __all__ = ["FORMAT_NAME", "INTEGRITY_KEY", "KINDS", "METADATA_FILE", "TENSORS_KEY",
@@ -39,7 +40,7 @@ KINDS: dict[str, str] = {
 }
 
 
-class BundleFormatError(ValueError):
+class BundleFormatError(BundleError):
     """A folder is not an xgpp bundle, one of an incompatible format, or a modified one.
 
     Raised before anything of the bundle is used: unreadable or tampered ``model.json``,

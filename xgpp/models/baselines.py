@@ -22,6 +22,7 @@ from torch import nn
 
 from xgpp._pyrealm import UG_PER_S_TO_G_PER_DAY, quiet_pyrealm
 from xgpp._version import __version__
+from xgpp.errors import InputError
 from xgpp.models.base import OUTPUTS
 from xgpp.models.features import N_IGBP, FeatureSpec, columns_from_dataset
 from xgpp.models.mlp import MLP, MLPConfig
@@ -61,7 +62,7 @@ def fit_sif_slopes(sif: np.ndarray, gpp: np.ndarray, classes: np.ndarray | None 
     ok = np.isfinite(sif) & np.isfinite(gpp)
     s, g = np.asarray(sif, np.float64)[ok], np.asarray(gpp, np.float64)[ok]
     if len(s) == 0 or not np.sum(s * s) > 0:
-        raise ValueError("cannot fit a SIF -> GPP slope: no training sample with finite, "
+        raise InputError("cannot fit a SIF -> GPP slope: no training sample with finite, "
                          "non-zero SIF and GPP.")
     global_slope = float(np.sum(s * g) / np.sum(s * s))
     slopes = np.full(N_IGBP, global_slope)

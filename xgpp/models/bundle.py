@@ -31,6 +31,7 @@ import xarray as xr
 from torch import nn
 
 from xgpp._version import __version__
+from xgpp.errors import DeviceError, InputError, UnitError
 from xgpp.models._format import (
     FORMAT_NAME,
     INTEGRITY_KEY,
@@ -117,7 +118,7 @@ class TorchModel:
                  xgpp_version: str = __version__,
                  input_units: dict[str, str] | None = None) -> None:
         if len(output_scale) != len(outputs) or len(output_offset) != len(outputs):
-            raise ValueError(f"{len(outputs)} outputs but {len(output_scale)} scales and "
+            raise InputError(f"{len(outputs)} outputs but {len(output_scale)} scales and "
                              f"{len(output_offset)} offsets.")
         self.module = module.eval()
         self.spec = spec
@@ -217,7 +218,7 @@ class TorchModel:
         if dev.type == "cpu":
             return self.module
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
+            raise DeviceError(
                 f"device={device!r} but this process sees no CUDA GPU (torch "
                 f"{torch.__version__}: torch.cuda.is_available() is False). Use device='auto' "
                 "(CUDA where a worker has a GPU, else CPU) or device='cpu'."
@@ -255,13 +256,13 @@ class TorchModel:
         """
         x = np.ascontiguousarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.spec.n_features:
-            raise ValueError(f"features have shape {x.shape}; this model expects (n, "
+            raise InputError(f"features have shape {x.shape}; this model expects (n, "
                              f"{self.spec.n_features}) from model.features(ds).")
         if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r}; choose one of {list(PRECISIONS)}.")
+            raise InputError(f"precision={precision!r}; choose one of {list(PRECISIONS)}.")
         bs = int(batch_size or default_batch_size(device))
         if bs < 1:
-            raise ValueError(f"batch_size must be a positive number of rows, got {batch_size}.")
+            raise InputError(f"batch_size must be a positive number of rows, got {batch_size}.")
         out = forward(self._module_on(device), x, bs, len(self.outputs), precision)
         out *= self.output_scale
         out += self.output_offset
@@ -361,7 +362,7 @@ def check_input_units(model: Any, ds: xr.Dataset) -> None:
         if name in ds.variables and "units" in ds[name].attrs:
             found = ds[name].attrs["units"]
             if found != units:
-                raise ValueError(
+                raise UnitError(
                     f"variable {name!r} has units {found!r}, but model {model.id} was trained "
                     f"with {name!r} in {units!r} (recorded in its bundle). Convert the input "
                     f"(xgpp.variables.normalise_units) or use a model trained on these units."

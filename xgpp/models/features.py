@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xgpp.errors import InputError, NotFoundError
 from xgpp.landcover import IGBP_CODES
 from xgpp.variables import DRIVERS, VARIABLES
 
@@ -60,13 +61,13 @@ class FeatureConfig:
         object.__setattr__(self, "drivers", tuple(self.drivers))
         unknown = [d for d in self.drivers if d not in VARIABLES]
         if unknown:
-            raise ValueError(f"unknown driver(s) {unknown}; canonical variables are "
+            raise InputError(f"unknown driver(s) {unknown}; canonical variables are "
                              f"{sorted(VARIABLES)}.")
         if self.igbp not in ("onehot", "embedding", None):
-            raise ValueError(f"FeatureConfig.igbp={self.igbp!r}; use 'onehot', 'embedding' "
+            raise InputError(f"FeatureConfig.igbp={self.igbp!r}; use 'onehot', 'embedding' "
                              "or None.")
         if not self.drivers:
-            raise ValueError("FeatureConfig needs at least one driver.")
+            raise InputError("FeatureConfig needs at least one driver.")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -126,7 +127,7 @@ def streaming_moments(ds: xr.Dataset, names: tuple[str, ...] | list[str]) -> dic
     for n, (s, ss, c) in zip(names, computed, strict=True):
         s, ss, c = float(s), float(ss), int(c)
         if c == 0:
-            raise ValueError(
+            raise InputError(
                 f"variable {n!r} is all-NaN (0 finite values of {ds[n].size}); a model cannot "
                 "learn from it. Fix the input or drop it from FeatureConfig.drivers."
             )
@@ -205,7 +206,7 @@ class FeatureSpec:
         names = list(config.scaled)
         missing = [n for n in names + (["igbp"] if config.igbp else []) if n not in drivers]
         if missing:
-            raise KeyError(f"driver dataset lacks {missing} needed by the feature config; it has "
+            raise NotFoundError(f"driver dataset lacks {missing} needed by the feature config; it has "
                            f"{sorted(map(str, drivers.data_vars))}.")
         moments = streaming_moments(drivers, names)
         mean, std = {}, {}
@@ -316,14 +317,14 @@ class FeatureSpec:
         for name in self.inputs:
             var = VARIABLES[name]
             if name not in ds:
-                raise KeyError(
+                raise NotFoundError(
                     f"{where} has no variable {name!r} ({var.long_name} [{var.units}]), which "
                     f"this model needs; it has {sorted(map(str, ds.data_vars))}. Inputs: "
                     f"{list(self.inputs)}."
                 )
             units = ds[name].attrs.get("units")
             if units != var.units:
-                raise ValueError(
+                raise InputError(
                     f"variable {name!r} in {where} has units {units!r}, expected {var.units!r}."
                     f" Convert with xgpp.variables.normalise_units(ds[{name!r}])."
                 )
@@ -332,11 +333,11 @@ class FeatureSpec:
                 {"lat", "lon"} <= dims <= {"time", "lat", "lon"})
             if not ok:
                 expected = ("sample",) if "sample" in ds.dims else var.dims
-                raise ValueError(
+                raise InputError(
                     f"variable {name!r} in {where} has dims {tuple(ds[name].dims)}, expected "
                     f"{expected}. Transpose or rename its dimensions."
                 )
         for coord in ("lat", "lon"):
             if coord not in ds.variables:
-                raise KeyError(f"{where} has no {coord!r} coordinate; xgpp grids use 'lat' "
+                raise NotFoundError(f"{where} has no {coord!r} coordinate; xgpp grids use 'lat' "
                                "[degree_north] and 'lon' [degree_east].")

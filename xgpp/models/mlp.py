@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xgpp.errors import InputError
 from xgpp.models.registry import register_architecture
 
 __all__ = ["ACTIVATIONS", "MLP", "MLPConfig", "SIFInputMLP", "build_seeded", "init_parameters"]
@@ -54,12 +55,12 @@ class MLPConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; use one of "
+            raise InputError(f"unknown activation {self.activation!r}; use one of "
                              f"{sorted(ACTIVATIONS)}.")
         if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden={self.hidden!r} must list at least one positive width.")
+            raise InputError(f"hidden={self.hidden!r} must list at least one positive width.")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout={self.dropout} must lie in [0, 1).")
+            raise InputError(f"dropout={self.dropout} must lie in [0, 1).")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -131,7 +132,7 @@ class MLP(nn.Module):
         """
         layers = self.hidden_layers()
         if not 0 <= k <= len(layers):
-            raise ValueError(f"frozen_layers={k}: the network has {len(layers)} hidden layers "
+            raise InputError(f"frozen_layers={k}: the network has {len(layers)} hidden layers "
                              f"(MLPConfig.hidden); use 0..{len(layers)}.")
         params = [p for layer in layers[:k] for p in layer.parameters()]
         if k and self.embed_column is not None:

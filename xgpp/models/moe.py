@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xgpp.errors import InputError, UnknownOptionError
 from xgpp.models.features import FeatureSpec
 from xgpp.models.mlp import ACTIVATIONS
 from xgpp.models.registry import register_architecture
@@ -57,7 +58,7 @@ def _integer(name: str, value: Any, *, minimum: int) -> int:
     if not ok and isinstance(value, float | np.floating) and float(value).is_integer():
         ok = True
     if not ok or int(value) < minimum:
-        raise ValueError(f"MoEConfig.{name}={value!r}; it must be an integer >= {minimum}.")
+        raise InputError(f"MoEConfig.{name}={value!r}; it must be an integer >= {minimum}.")
     return int(value)
 
 
@@ -65,14 +66,14 @@ def _widths(name: str, value: Any, *, allow_empty: bool) -> tuple[int, ...]:
     """``value`` as a tuple of positive layer widths, else a ``ValueError`` naming ``name``."""
     need = "a sequence of positive integer widths" + ("" if allow_empty else " (at least one)")
     if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
-        raise ValueError(f"MoEConfig.{name}={value!r}; it must be {need}.")
+        raise InputError(f"MoEConfig.{name}={value!r}; it must be {need}.")
     value = tuple(value)
     try:
         out = tuple(_integer(name, h, minimum=1) for h in value)
     except ValueError:
-        raise ValueError(f"MoEConfig.{name}={value!r}; it must be {need}.") from None
+        raise InputError(f"MoEConfig.{name}={value!r}; it must be {need}.") from None
     if not out and not allow_empty:
-        raise ValueError(f"MoEConfig.{name}={value!r}; it must be {need}.")
+        raise InputError(f"MoEConfig.{name}={value!r}; it must be {need}.")
     return out
 
 
@@ -116,17 +117,17 @@ class MoEConfig:
                                             allow_empty=False))
         set_(self, "tower_hidden", _widths("tower_hidden", self.tower_hidden, allow_empty=True))
         if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
-            raise ValueError(f"MoEConfig.activation={self.activation!r} is unknown; use one of "
+            raise InputError(f"MoEConfig.activation={self.activation!r} is unknown; use one of "
                              f"{sorted(ACTIVATIONS)}.")
         if (isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float)
                 or not 0 <= self.dropout < 1):
-            raise ValueError(f"MoEConfig.dropout={self.dropout!r}; it must be a number in "
+            raise InputError(f"MoEConfig.dropout={self.dropout!r}; it must be a number in "
                              "[0, 1).")
         set_(self, "dropout", float(self.dropout))
         set_(self, "embed_dim", _integer("embed_dim", self.embed_dim, minimum=1))
         if (isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float)
                 or not math.isfinite(self.temperature) or self.temperature <= 0):
-            raise ValueError(f"MoEConfig.temperature={self.temperature!r}; it must be a finite "
+            raise InputError(f"MoEConfig.temperature={self.temperature!r}; it must be a finite "
                              "number > 0 (1 is the plain softmax, larger is flatter).")
         set_(self, "temperature", float(self.temperature))
 
@@ -147,7 +148,7 @@ class MoEConfig:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(known))
         if unknown:
-            raise TypeError(f"MoEConfig has no field(s) {unknown}; known fields are {known}.")
+            raise UnknownOptionError(f"MoEConfig has no field(s) {unknown}; known fields are {known}.")
         return cls(**d)
 
 
@@ -165,20 +166,20 @@ def _hidden_layers(width: int, widths: tuple[int, ...], config: MoEConfig
 
 def _check_tasks(tasks: Any) -> tuple[str, ...]:
     if isinstance(tasks, str) or not hasattr(tasks, "__iter__"):
-        raise ValueError(f"tasks={tasks!r}; give a sequence of task names, e.g. ('sif', 'gpp').")
+        raise InputError(f"tasks={tasks!r}; give a sequence of task names, e.g. ('sif', 'gpp').")
     tasks = tuple(tasks)
     if not tasks:
-        raise ValueError("tasks=(); an MMoE needs at least one task.")
+        raise InputError("tasks=(); an MMoE needs at least one task.")
     reserved = nn.ModuleDict()
     for t in tasks:
         if not isinstance(t, str) or not t:
-            raise ValueError(f"task names must be non-empty strings; got {t!r} in {tasks!r}.")
+            raise InputError(f"task names must be non-empty strings; got {t!r} in {tasks!r}.")
         if "." in t or hasattr(reserved, t):
-            raise ValueError(f"task name {t!r} cannot name a torch submodule (it contains '.' "
+            raise InputError(f"task name {t!r} cannot name a torch submodule (it contains '.' "
                              "or is an attribute of nn.ModuleDict); choose another.")
     if len(set(tasks)) != len(tasks):
         dup = sorted({t for t in tasks if tasks.count(t) > 1})
-        raise ValueError(f"task names must be unique; {dup} repeat in {tasks!r}.")
+        raise InputError(f"task names must be unique; {dup} repeat in {tasks!r}.")
     return tasks
 
 
@@ -213,7 +214,7 @@ class MMoE(nn.Module):
                  embed_column: int | None = None, n_classes: int = 17) -> None:
         super().__init__()
         if isinstance(n_in, bool) or not isinstance(n_in, int | np.integer) or n_in < 1:
-            raise ValueError(f"n_in={n_in!r}; it must be a positive number of feature columns.")
+            raise InputError(f"n_in={n_in!r}; it must be a positive number of feature columns.")
         n_in = int(n_in)
         self.tasks = _check_tasks(tasks)
         self.config = config
@@ -222,10 +223,10 @@ class MMoE(nn.Module):
         width = n_in
         if embed_column is not None:
             if not 0 <= embed_column < n_in:
-                raise ValueError(f"embed_column={embed_column} is not a column of the "
+                raise InputError(f"embed_column={embed_column} is not a column of the "
                                  f"{n_in} inputs.")
             if n_classes < 1:
-                raise ValueError(f"n_classes={n_classes}; the embedding needs >= 1 class.")
+                raise InputError(f"n_classes={n_classes}; the embedding needs >= 1 class.")
             self.embedding = nn.Embedding(n_classes, config.embed_dim)
             width = n_in - 1 + config.embed_dim
         self.width_in = width
@@ -323,10 +324,10 @@ class GateStats:
         """
         g = torch.as_tensor(gates).detach()
         if g.ndim != 3 or g.shape[0] != len(self.tasks):
-            raise ValueError(f"gates of shape {tuple(g.shape)}; expected (len(tasks)="
+            raise InputError(f"gates of shape {tuple(g.shape)}; expected (len(tasks)="
                              f"{len(self.tasks)}, n, n_experts).")
         if self._sum is not None and g.shape[2] != self._sum.shape[1]:
-            raise ValueError(f"gates have {g.shape[2]} experts; earlier batches had "
+            raise InputError(f"gates have {g.shape[2]} experts; earlier batches had "
                              f"{self._sum.shape[1]}.")
         g = g.to(torch.float64)
         s = g.sum(dim=1)
@@ -355,7 +356,7 @@ class GateStats:
             If no sample has been accumulated.
         """
         if self._sum is None or self.n == 0:
-            raise ValueError("GateStats has no samples; call update(gates) first.")
+            raise InputError("GateStats has no samples; call update(gates) first.")
         mean = (self._sum / self.n).cpu().numpy()
         sample_entropy = (self._entropy / self.n).cpu().numpy()
         n_experts = mean.shape[1]

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from xgpp.errors import InputError
+
 __all__ = ["DEFAULT_SHARPNESS", "NonNegative", "unwrap"]
 
 #: softplus ``beta`` [per gC m-2 d-1] of the GPP floor
@@ -47,12 +49,12 @@ class NonNegative(nn.Module):
                  columns: Sequence[int], sharpness: float = DEFAULT_SHARPNESS) -> None:
         super().__init__()
         if len(scale) != len(offset):
-            raise ValueError(f"{len(scale)} scales but {len(offset)} offsets.")
+            raise InputError(f"{len(scale)} scales but {len(offset)} offsets.")
         if not sharpness > 0:
-            raise ValueError(f"sharpness={sharpness} must be > 0 (softplus beta).")
+            raise InputError(f"sharpness={sharpness} must be > 0 (softplus beta).")
         bad = [c for c in columns if not 0 <= int(c) < len(scale)]
         if bad:
-            raise ValueError(f"columns {bad} out of range for {len(scale)} outputs.")
+            raise InputError(f"columns {bad} out of range for {len(scale)} outputs.")
         self.inner = inner
         self.columns = tuple(int(c) for c in columns)
         self.sharpness = float(sharpness)

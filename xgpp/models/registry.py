@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from xgpp.errors import InputError
+
 __all__ = ["ARCHITECTURES", "Architecture", "build_module", "register_architecture"]
 
 
@@ -55,7 +57,7 @@ def register_architecture(kind: str, *, config: type | None = None, description:
 
     def deco(build: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
         if kind in ARCHITECTURES and ARCHITECTURES[kind].build is not build:
-            raise ValueError(f"model kind {kind!r} is already registered by "
+            raise InputError(f"model kind {kind!r} is already registered by "
                              f"{ARCHITECTURES[kind].build.__module__}.")
         ARCHITECTURES[kind] = Architecture(kind, build, config, description)
         return build

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from xgpp.errors import InputError, UnknownOptionError
+
 __all__ = ["BIOME", "SLOPE_SPREAD", "SLOPE_SPREAD_MODES", "VARIANTS", "WorldConfig"]
 
 # Per-IGBP-class parameters, indexed by class number (0 water ... 16 barren).
@@ -171,7 +173,7 @@ class WorldConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise TypeError(f"unknown WorldConfig field(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise UnknownOptionError(f"unknown WorldConfig field(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
 
     def replace(self, **changes: Any) -> WorldConfig:
@@ -197,25 +199,25 @@ def validate_config(cfg: WorldConfig) -> None:
 
     res = float(cfg.resolution)
     if not res > 0 or abs(180.0 / res - round(180.0 / res)) > 1e-9:
-        raise ValueError(
+        raise InputError(
             f"resolution={cfg.resolution!r} degree does not divide 180: the grid must tile the "
             "globe exactly. Use e.g. 0.25, 0.5, 1, 2, 2.5, 4 or 5."
         )
     try:
         start, end = pd.Timestamp(cfg.start), pd.Timestamp(cfg.end)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"start={cfg.start!r} / end={cfg.end!r} are not ISO dates") from err
+        raise InputError(f"start={cfg.start!r} / end={cfg.end!r} are not ISO dates") from err
     if end < start:
-        raise ValueError(f"end={cfg.end!r} is before start={cfg.start!r}; swap them.")
+        raise InputError(f"end={cfg.end!r} is before start={cfg.start!r}; swap them.")
     if cfg.freq not in _FREQS:
-        raise ValueError(f"freq={cfg.freq!r} is not supported; use one of {list(_FREQS)}.")
+        raise InputError(f"freq={cfg.freq!r} is not supported; use one of {list(_FREQS)}.")
     if cfg.sif_slope not in ("biome", "uniform"):
-        raise ValueError(f"sif_slope={cfg.sif_slope!r}; expected 'biome' or 'uniform'.")
+        raise InputError(f"sif_slope={cfg.sif_slope!r}; expected 'biome' or 'uniform'.")
     if cfg.slope_spread not in SLOPE_SPREAD_MODES:
-        raise ValueError(f"slope_spread={cfg.slope_spread!r} is not a within-class slope spread; "
+        raise InputError(f"slope_spread={cfg.slope_spread!r} is not a within-class slope spread; "
                          f"expected one of {list(SLOPE_SPREAD_MODES)} (see SLOPE_SPREAD).")
     missing = {"time", "lat", "lon"} - set(cfg.chunks)
     if missing or any(int(v) < 1 for v in cfg.chunks.values()):
-        raise ValueError(f"chunks={cfg.chunks!r} must give positive sizes for time, lat and lon.")
+        raise InputError(f"chunks={cfg.chunks!r} must give positive sizes for time, lat and lon.")
     if cfg.n_sites < 0:
-        raise ValueError(f"n_sites={cfg.n_sites} must be >= 0.")
+        raise InputError(f"n_sites={cfg.n_sites} must be >= 0.")

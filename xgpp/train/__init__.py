@@ -21,6 +21,7 @@ from typing import Any
 
 import xarray as xr
 
+from xgpp.errors import InputError
 from xgpp.models._format import versions
 from xgpp.splits import Fold, parse_split, split_parts
 from xgpp.train.config import LoaderConfig, PhaseConfig, TrainConfig, TransferConfig
@@ -73,11 +74,11 @@ def _resolve_fold(split: Fold | str | None, sites: xr.Dataset | None) -> Fold | 
         return split
     if isinstance(split, str):
         if sites is None:
-            raise ValueError(f"split={split!r} needs sites to split.")
+            raise InputError(f"split={split!r} needs sites to split.")
         splitter, k = parse_split(split)
         folds = splitter.folds(sites)
         if not 0 <= k < len(folds):
-            raise ValueError(f"split {split!r} asks for fold {k}, but it has {len(folds)} folds "
+            raise InputError(f"split {split!r} asks for fold {k}, but it has {len(folds)} folds "
                              f"(0..{len(folds) - 1}).")
         return folds[k]
     if hasattr(split, "folds"):
@@ -149,16 +150,16 @@ def train(drivers: xr.Dataset, *, sites: xr.Dataset | None = None, sif: xr.Datas
     record = get_method(method)
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else (config or TrainConfig())
     if record.needs_sites and sites is None:
-        raise ValueError(f"method {method!r} trains on EC site GPP: pass sites=<dataset with "
+        raise InputError(f"method {method!r} trains on EC site GPP: pass sites=<dataset with "
                          "gpp on (site, time)>.")
     if record.needs_sif and sif is None:
-        raise ValueError(f"method {method!r} trains on SIF: pass sif=<SIF cube, e.g. the "
+        raise InputError(f"method {method!r} trains on SIF: pass sif=<SIF cube, e.g. the "
                          f"{record.sif_product} store>.")
     ignored = None
     tracks_part = _track_part(split)
     if tracks_part is not None and not record.track_split:
         if record.needs_sif:
-            raise ValueError(
+            raise InputError(
                 f"split={split!r} holds out SIF track segments ({tracks_part!r}), but method "
                 f"{method!r} does not hold tracks out: it would train on them. Drop the "
                 "'tracks:' part, or use a method that takes it (moe, single-task-sif).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from xgpp.errors import InputError, UnknownOptionError
 from xgpp.models.features import FeatureConfig
 from xgpp.models.mlp import MLPConfig
 from xgpp.models.moe import MoEConfig
@@ -32,8 +33,8 @@ class _Config:
         known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
         unknown = set(d) - set(known)
         if unknown:
-            raise TypeError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; known: "
-                            f"{sorted(known)}.")
+            raise UnknownOptionError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; known: "
+                                     f"{sorted(known)}.")
         kwargs = {}
         for k, v in d.items():
             sub = _NESTED.get((cls.__name__, k))
@@ -150,17 +151,17 @@ class MultiTaskConfig(_Config):
         object.__setattr__(self, "proportions", tuple(float(p) for p in self.proportions))
         if len(self.proportions) != 3 or min(self.proportions) < 0 or not sum(
                 self.proportions) > 0:
-            raise ValueError(f"proportions={self.proportions!r}: give three non-negative shares "
+            raise InputError(f"proportions={self.proportions!r}: give three non-negative shares "
                              "(track, site, unlabelled) with a positive sum.")
         for name in ("sif_weight", "gpp_weight", "physics_weight"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+                raise InputError(f"{name}={getattr(self, name)} must be >= 0.")
         if self.sif_weighting not in ("count", "none"):
-            raise ValueError(f"sif_weighting={self.sif_weighting!r}; use 'count' or 'none'.")
+            raise InputError(f"sif_weighting={self.sif_weighting!r}; use 'count' or 'none'.")
         if self.slopes not in ("fitted", "learnable"):
-            raise ValueError(f"slopes={self.slopes!r}; use 'fitted' or 'learnable'.")
+            raise InputError(f"slopes={self.slopes!r}; use 'fitted' or 'learnable'.")
         if not 0 <= self.track_val < 1:
-            raise ValueError(f"track_val={self.track_val} must lie in [0, 1).")
+            raise InputError(f"track_val={self.track_val} must lie in [0, 1).")
 
 
 @dataclass(frozen=True)
@@ -187,9 +188,9 @@ class TransferConfig(_Config):
     def __post_init__(self) -> None:
         for name in ("l2sp_alpha", "l2sp_beta"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+                raise InputError(f"{name}={getattr(self, name)} must be >= 0.")
         if int(self.frozen_layers) != self.frozen_layers or self.frozen_layers < 0:
-            raise ValueError(f"frozen_layers={self.frozen_layers!r} must be a whole number "
+            raise InputError(f"frozen_layers={self.frozen_layers!r} must be a whole number "
                              ">= 0 (hidden layers kept frozen).")
         object.__setattr__(self, "frozen_layers", int(self.frozen_layers))
 
@@ -257,13 +258,13 @@ class TrainConfig(_Config):
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r}; use one of {sorted(STRATEGIES)}.")
+            raise InputError(f"strategy={self.strategy!r}; use one of {sorted(STRATEGIES)}.")
         if self.sif_conversion not in ("global", "igbp"):
-            raise ValueError(f"sif_conversion={self.sif_conversion!r}; use 'global' or 'igbp'.")
+            raise InputError(f"sif_conversion={self.sif_conversion!r}; use 'global' or 'igbp'.")
         if not 0 <= self.val_sites < 1:
-            raise ValueError(f"val_sites={self.val_sites} must lie in [0, 1).")
+            raise InputError(f"val_sites={self.val_sites} must lie in [0, 1).")
         if self.transfer.frozen_layers > len(self.net.hidden):
-            raise ValueError(f"transfer.frozen_layers={self.transfer.frozen_layers} but the "
+            raise InputError(f"transfer.frozen_layers={self.transfer.frozen_layers} but the "
                              f"network has {len(self.net.hidden)} hidden layers (net.hidden="
                              f"{self.net.hidden}); use at most {len(self.net.hidden)}.")
 
