@@ -11,6 +11,8 @@ from typing import Any
 
 import xarray as xr
 
+from xgpp.errors import InputError
+
 __all__ = ["DEMO_METHODS", "predict_from_catalog", "run_demo", "subset"]
 
 
@@ -20,16 +22,16 @@ def subset(ds: xr.Dataset, *, start: str | None = None, end: str | None = None,
     if start or end:
         ds = ds.sel(time=slice(start, end))
         if ds.sizes["time"] == 0:
-            raise ValueError(f"no time steps between start={start!r} and end={end!r}; the cube "
+            raise InputError(f"no time steps between start={start!r} and end={end!r}; the cube "
                              f"covers {str(ds.time.min().values)[:10]}..{str(ds.time.max().values)[:10]}.")
     if bbox is not None:
         parts = [float(v) for v in (bbox.split(",") if isinstance(bbox, str) else bbox)]
         if len(parts) != 4 or parts[0] >= parts[2] or parts[1] >= parts[3]:
-            raise ValueError(f"bbox={bbox!r}: expected lon_min,lat_min,lon_max,lat_max with "
+            raise InputError(f"bbox={bbox!r}: expected lon_min,lat_min,lon_max,lat_max with "
                              "min < max, e.g. -10,35,40,70.")
         box = ds.sel(lon=slice(parts[0], parts[2]), lat=slice(parts[1], parts[3]))
         if box.sizes["lat"] == 0 or box.sizes["lon"] == 0:
-            raise ValueError(
+            raise InputError(
                 f"bbox={bbox!r} holds no grid cell: the cube covers lon "
                 f"{float(ds.lon.min()):g}..{float(ds.lon.max()):g}, lat "
                 f"{float(ds.lat.min()):g}..{float(ds.lat.max()):g} (order: "
@@ -76,7 +78,7 @@ def predict_from_catalog(catalog: str, model: str | list[str] | tuple[str, ...],
     else:
         paths = list(model)
         if not paths:
-            raise ValueError("model=[]: give one model bundle path, or a list of them for an "
+            raise InputError("model=[]: give one model bundle path, or a list of them for an "
                              "ensemble (xgpp predict --model A --model B).")
         bundle = [load_model(p) for p in paths]
         ids = [b.id for b in bundle]

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from xgpp.errors import InputError, UnknownOptionError
+
 __all__ = ["QUICK_TRAIN", "ExperimentConfig"]
 
 #: training config of ``--quick`` (tiny networks, few epochs): smoke checks, not results
@@ -87,18 +89,18 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         if not self.seeds:
-            raise ValueError("ExperimentConfig.seeds is empty: give at least one seed.")
+            raise InputError("ExperimentConfig.seeds is empty: give at least one seed.")
         if not self.splits:
-            raise ValueError("ExperimentConfig.splits is empty: give at least one site split, "
+            raise InputError("ExperimentConfig.splits is empty: give at least one site split, "
                              "e.g. 'site-kfold:k=5'.")
         for s in (*self.splits, *self.variant_splits):
             if "fold=" in s:
-                raise ValueError(f"split {s!r} names a fold: the experiment picks the fold from "
+                raise InputError(f"split {s!r} names a fold: the experiment picks the fold from "
                                  "the seed; drop 'fold=...'.")
         if any(not f > 0 for f in self.sif_scales):
-            raise ValueError(f"sif_scales={self.sif_scales!r}: factors must be > 0.")
+            raise InputError(f"sif_scales={self.sif_scales!r}: factors must be > 0.")
         if self.parallel < 1:
-            raise ValueError(f"parallel={self.parallel} must be >= 1.")
+            raise InputError(f"parallel={self.parallel} must be >= 1.")
 
     @classmethod
     def quick_config(cls, **changes: Any) -> ExperimentConfig:
@@ -120,7 +122,7 @@ class ExperimentConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise TypeError(f"unknown ExperimentConfig field(s) {sorted(unknown)}; known: "
+            raise UnknownOptionError(f"unknown ExperimentConfig field(s) {sorted(unknown)}; known: "
                             f"{sorted(known)}")
         tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
         return cls(**{k: (tuple(v) if k in tuples and v is not None else v)

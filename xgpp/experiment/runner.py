@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from xgpp.errors import InputError
 from xgpp.experiment.config import ExperimentConfig
 from xgpp.experiment.plan import Run, plan_runs
 
@@ -206,7 +207,7 @@ def run_experiment(out: str, *, config: ExperimentConfig | None = None,
                             world_name=world_name)
     unknown = [m for m in (cfg.methods or ()) if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown} in the experiment config; the training "
+        raise InputError(f"unknown method(s) {unknown} in the experiment config; the training "
                          f"registry holds {list(METHODS)}.")
     methods = list(cfg.methods or METHODS)
     sites = {w: open_cube("sites", catalog=open_catalog(c)).compute() for w, c in worlds.items()}

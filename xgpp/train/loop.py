@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from xgpp.errors import DeviceError
 from xgpp.predict import resolve_device as _resolve_auto
 from xgpp.train.checkpoints import Checkpoints, _restore_optimizer
 from xgpp.train.config import PhaseConfig
@@ -54,7 +55,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available else CPU; anything else as given (checked)."""
     dev = torch.device(_resolve_auto(str(device)))
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} asked for CUDA, but torch sees no GPU "
+        raise DeviceError(f"device={device!r} asked for CUDA, but torch sees no GPU "
                            f"(torch {torch.__version__}). Use device='cpu' or 'auto'.")
     return dev
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from xgpp.errors import InputError
+
 __all__ = ["METHODS", "Method", "get_method", "register_method"]
 
 
@@ -87,7 +89,7 @@ def register_method(name: str, **record: Any) -> Callable[[Callable], Callable]:
 def get_method(name: str) -> Method:
     """The registered method ``name``; an unknown name raises, listing the valid ones."""
     if name not in METHODS:
-        raise ValueError(f"unknown method={name!r}; use one of {list(METHODS)} "
+        raise InputError(f"unknown method={name!r}; use one of {list(METHODS)} "
                          "(xgpp.train.METHODS).")
     return METHODS[name]
 

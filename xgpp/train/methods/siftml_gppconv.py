@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from xgpp._strings import as_str
+from xgpp.errors import NotFoundError
 from xgpp.models.baselines import fit_sif_slopes
 from xgpp.models.features import N_IGBP
 from xgpp.models.siftml import STRATEGIES
@@ -75,7 +76,7 @@ def gppconv_target(ctx, slopes: np.ndarray, record: dict[str, Any]) -> PretrainT
     assert sif is not None
     if "igbp" not in ctx.drivers:
         if cfg.sif_conversion == "igbp":
-            raise KeyError("siftml-gppconv with sif_conversion='igbp' needs the static 'igbp' "
+            raise NotFoundError("siftml-gppconv with sif_conversion='igbp' needs the static 'igbp' "
                            "class map in the driver cube to convert SIF on every pixel; add it, "
                            "or use sif_conversion='global'.")
         slope_map: Any = float(slopes[0])
