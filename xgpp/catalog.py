@@ -571,6 +571,15 @@ def _safe_yaml(text: bytes | str, url: str) -> Any:
         raise InputError(f"catalog {url} is not valid YAML: {err}") from err
 
 
+def _kwargs(desc: dict, where: str) -> dict:
+    """A catalog entry's ``kwargs``, refused unless a mapping of plain values."""
+    kwargs = desc.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise CatalogSecurityError(f"{where} has kwargs of type {type(kwargs).__name__}; "
+                                   "expected a mapping of plain values.")
+    return kwargs
+
+
 def check_catalog(data: Any, source: str = "the catalog") -> None:
     """Refuse a catalog (its ``to_dict()``/YAML form) that names Python xgpp does not run.
 
@@ -621,10 +630,7 @@ def check_catalog(data: Any, source: str = "the catalog") -> None:
             raise CatalogSecurityError(
                 f"{where} names the output type {entry.get('output_instance')!r}, which intake "
                 f"would import; xgpp entries produce {sorted(o for o in _ALLOWED_OUTPUTS if o)}.")
-        kwargs = entry.get("kwargs") or {}
-        if not isinstance(kwargs, dict):
-            raise CatalogSecurityError(f"{where} has kwargs of type {type(kwargs).__name__}; "
-                                       "expected a mapping of plain values.")
+        kwargs = _kwargs(entry, where)
         if reader.endswith(":GenericFunc"):
             func = kwargs.get("func")
             target = _template_target(func, "func")
@@ -651,10 +657,7 @@ def check_catalog(data: Any, source: str = "the catalog") -> None:
             raise CatalogSecurityError(
                 f"{where} names the data type {desc.get('datatype')!r}, which xgpp does not "
                 f"import: data descriptions may be {datatypes}.")
-        kwargs = desc.get("kwargs") or {}
-        if not isinstance(kwargs, dict):
-            raise CatalogSecurityError(f"{where} has kwargs of type {type(kwargs).__name__}; "
-                                       "expected a mapping of plain values.")
+        kwargs = _kwargs(desc, where)
         for key, value in kwargs.items():
             _check_values(value, f"{where}, {key}", storage_ok=key == "storage_options")
         _check_parameters(desc.get("user_parameters"), where)

@@ -255,7 +255,7 @@ def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: l
                            for r in rows if r["status"] not in ("ok", "failed")]}
     (root / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
     from xgpp.experiment.figures import make_figures
-    from xgpp.report import Figure, Section, Table, write_report
+    from xgpp.report import Section, Table, write_report
 
     first = next(iter(refs))
     kinds = list(dict.fromkeys(r.kind for r in runs if r.world == first))
@@ -315,7 +315,7 @@ def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: l
                 Table("bias [gC m-2 d-1] by quintile: Q1..Q5 of observed GPP, then of true GPP",
                       ["method", *[f"obs Q{q}" for q in range(1, 6)],
                        *[f"true Q{q}" for q in range(1, 6)]], quint)],
-        figures=[f for f in figs if f.key in ("quintiles", "regions")]))
+        figures=[f.figure for f in figs if f.key in ("quintiles", "regions")]))
     igbp_table = _igbp_table(runs, results, first, k0) if k0 else None
     if igbp_table is not None:
         sections.append(Section(
@@ -366,7 +366,7 @@ def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: l
             tables=[Table("multi-task MoE vs single-task networks",
                           ["method", "SIF tracks R2", "SIF tracks RMSE", "SIF field R2",
                            "GPP site R2", "GPP field R2"], mt)],
-            figures=[f for f in figs if f.key in ("sif", "gates")]))
+            figures=[f.figure for f in figs if f.key in ("sif", "gates")]))
     var = [[r["method"], r["selected_from"] or "", r["world"], r["split"], str(r["seed"]),
             f"{r['val_loss']:.4f}", f"{r['field_r2']:.3f}", f"{r['site_r2']:.3f}"]
            for r in rows if str(r["method"]).startswith("siftml") and r["status"] == "ok"
@@ -391,8 +391,6 @@ def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: l
            if pending else ""),
         tables=[Table("failed runs", ["world", "method", "split", "seed", "error"], fails)]
         if fails else [], figures=[]))
-    for s in sections:  # the report module takes Figure records
-        s.figures[:] = [f.figure if hasattr(f, "figure") else f for f in s.figures]
     meta = {"worlds": ", ".join(refs), "resolution": f"{cfg.resolution} degree",
             "record": f"{cfg.end_year - cfg.years + 1}-{cfg.end_year}",
             "seeds": str(list(cfg.seeds)),
@@ -401,7 +399,6 @@ def write_outputs(root: Path, cfg: ExperimentConfig, runs: list[Run], results: l
             "quick": str(cfg.quick)}
     md, html = write_report(root, title="xgpp experiment: SIFTML and the multi-task MoE on "
                                         "the twin world", sections=sections, meta=meta)
-    _ = Figure  # re-exported type used by figures
     if console is not None:
         console.print(f"report: {html}\n        {md}\nmetrics: {root / 'metrics.json'}, "
                       f"{root / 'metrics.csv'}")
