@@ -868,12 +868,22 @@ def _probe_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
 def _open_zarr(url: str, storage_options: Mapping[str, Any]) -> xr.Dataset:
     import xarray as xr
 
+    from xgpp.io._guard import guarded_dataset
+
     options = dict(storage_options)
     consolidated = _probe_zarr(url, options)
-    kwargs: dict[str, Any] = {"engine": "zarr", "chunks": {}, "consolidated": consolidated}
+    # backend arrays, read nothing (chunks=None, cache=False); guarded_dataset puts dask arrays
+    # over them chunked as stored (as chunks={} would), whose read failures raise
+    # CorruptChunkError naming the store, the variable and the Zarr chunk key
+    kwargs: dict[str, Any] = {"engine": "zarr", "chunks": None, "cache": False,
+                              "consolidated": consolidated}
     if options and "://" in url and not url.startswith("file://"):
         kwargs["storage_options"] = options
-    return _plain_strings(xr.open_dataset(url, **kwargs))
+    lazy = xr.open_dataset(url, **kwargs)
+    v3 = any("serializer" in v.encoding for v in lazy.variables.values())  # v2 has no serializer
+    local = url[len("file://"):] if url.startswith("file://") else (None if "://" in url else url)
+    return _plain_strings(guarded_dataset(lazy, url, local_path=local,
+                                          zarr_format=3 if v3 else 2))
 
 
 def _plain_strings(ds: xr.Dataset) -> xr.Dataset:

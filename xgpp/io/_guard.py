@@ -1,0 +1,138 @@
+"""Lazy reads that fail with :class:`~xgpp.errors.CorruptChunkError` naming the file and chunk.
+
+A damaged file or Zarr chunk fails only when dask reads it, deep inside a task, with whatever
+the decoder raises (``RuntimeError: NetCDF: HDF error``, ``ValueError`` from a codec, a
+``zlib.error``...).  :func:`guarded_dataset` builds each variable's dask array over a
+:class:`GuardedArray`, whose reads turn any such failure into a ``CorruptChunkError`` that
+names the store or file, the variable, the element range and (for Zarr) the chunk key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+
+from xgpp.errors import CorruptChunkError, XgppError
+
+__all__ = ["GuardedArray", "guarded_dataset"]
+
+
+class GuardedArray:
+    """A lazily indexed variable whose read failures raise ``CorruptChunkError``.
+
+    Parameters
+    ----------
+    var : xarray.Variable
+        Lazily indexed (backend-backed, not cached) variable.
+    where : str
+        The file or store, for messages.
+    name : str
+        Variable name.
+    chunk_shape : tuple of int, optional
+        Stored chunk shape (Zarr) to name the chunk key; None for netCDF files.
+    zarr_format : int
+        2 or 3: spelling of the chunk key (``0.1.0`` or ``c/0/1/0``).
+    """
+
+    def __init__(self, var: xr.Variable, where: str, name: str,
+                 chunk_shape: tuple[int, ...] | None = None, zarr_format: int = 3) -> None:
+        self.var = var
+        self.where = where
+        self.name = name
+        self.chunk_shape = chunk_shape
+        self.zarr_format = zarr_format
+        self.shape = tuple(var.shape)
+        self.dtype = var.dtype
+        self.ndim = var.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.var[key].values)
+        except XgppError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - decoders raise anything; all mean damage here
+            raise CorruptChunkError(
+                f"{self.where}: cannot read variable {self.name!r} at {self._region(key)}"
+                f"{self._chunk(key)}: {type(err).__name__}: {err}. The file or store is damaged "
+                "there (truncated, overwritten or partly downloaded); restore it from a copy or "
+                "re-download/re-write it."
+            ) from err
+
+    def _starts(self, key: Any) -> list[tuple[int, int]]:
+        key = key if isinstance(key, tuple) else (key,)
+        out = []
+        for k, n in zip(key, self.shape, strict=False):
+            if isinstance(k, slice):
+                start, stop, _ = k.indices(n)
+                out.append((start, stop))
+            else:
+                out.append((int(k), int(k) + 1))
+        return out
+
+    def _region(self, key: Any) -> str:
+        dims = self.var.dims
+        parts = [f"{d} {a}:{b}" for d, (a, b) in zip(dims, self._starts(key), strict=False)]
+        return ", ".join(parts) if parts else "its only element"
+
+    def _chunk(self, key: Any) -> str:
+        if not self.chunk_shape or len(self.chunk_shape) != self.ndim:
+            return ""
+        idx = [str(a // max(int(c), 1)) for (a, _), c in zip(self._starts(key),
+                                                              self.chunk_shape, strict=False)]
+        if not idx:
+            return f" (Zarr chunk {self.name}/{'c' if self.zarr_format == 3 else '0'})"
+        key_text = "c/" + "/".join(idx) if self.zarr_format == 3 else ".".join(idx)
+        return f" (Zarr chunk {self.name}/{key_text})"
+
+
+def _mtime(path: str | None) -> float | None:
+    try:
+        return os.path.getmtime(path) if path else None
+    except OSError:
+        return None
+
+
+def guarded_dataset(lazy: xr.Dataset, where: str, *, local_path: str | None = None,
+                    zarr_format: int | None = None) -> xr.Dataset:
+    """Give every lazily read variable of ``lazy`` a dask array over a :class:`GuardedArray`.
+
+    ``lazy`` must be opened with ``chunks=None, cache=False`` (backend arrays, nothing read);
+    dask chunks follow the variables' ``preferred_chunks`` (the stored chunks, as
+    ``chunks={}`` would), dask names derive from ``where``, the file's modification time and
+    the variable, so they are deterministic across processes.  Index coordinates are read now,
+    as xarray does.
+    """
+    stamp = _mtime(local_path)
+    out = {}
+    for name, var in lazy.variables.items():
+        if name in lazy.indexes:
+            continue
+        preferred = var.encoding.get("preferred_chunks", {})
+        chunks = tuple(int(preferred.get(d, n)) or 1 for d, n in zip(var.dims, var.shape,
+                                                                  strict=True))
+        stored = var.encoding.get("chunks") if zarr_format else None
+        guard = GuardedArray(var, where, str(name),
+                             tuple(int(c) for c in stored) if stored else None,
+                             zarr_format or 3)
+        token = tokenize(where, stamp, str(name), var.dims, var.shape, str(var.dtype), chunks)
+        arr = da.from_array(guard, chunks=chunks or (), name=f"xgpp-read-{name}-{token}",
+                            asarray=False, fancy=False, meta=np.empty((0,) * var.ndim,
+                                                                      dtype=var.dtype))
+        out[name] = var.copy(deep=False, data=arr)
+    return lazy.assign(_only_vars(out, lazy)).assign_coords(_only_coords(out, lazy))
+
+
+def _only_vars(out: dict[Hashable, xr.Variable], ds: xr.Dataset) -> dict[Hashable, Any]:
+    return {k: v for k, v in out.items() if k in ds.data_vars}
+
+
+def _only_coords(out: dict[Hashable, xr.Variable], ds: xr.Dataset) -> dict[Hashable, Any]:
+    return {k: v for k, v in out.items() if k in ds.coords}
