@@ -86,7 +86,11 @@ class SIFLinear(nn.Module):
         Network whose first output is normalised SIF.
     spec : FeatureSpec
         Feature layout, to find the IGBP columns.
+    with_sif : bool
+        Also return normalised SIF: ``forward`` gives ``(n, 2)`` columns (SIF, GPP).
 
+    Notes
+    -----
     Buffers ``sif_mean``/``sif_std`` [mW m-2 nm-1 sr-1] undo the SIF normalisation and
     ``slopes`` ``(17,)`` [gC m-2 d-1 per mW m-2 nm-1 sr-1] convert to GPP; all are saved with the
     weights.
