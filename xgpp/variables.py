@@ -21,6 +21,8 @@ __all__ = [
     "VARIABLES",
     "DRIVERS",
     "STATIC",
+    "UNIT_SLIPS",
+    "UnitSlip",
     "Variable",
     "attrs_for",
     "check_bounds",
@@ -48,9 +50,16 @@ class Variable:
     standard_name : str or None
         CF standard name where one exists.
     bounds : tuple of float
-        Plausible physical range ``(low, high)`` in ``units``; values outside raise a warning.
+        Plausible physical range ``(low, high)`` in ``units``; values outside raise a warning,
+        and readers refuse a file whose median lies outside it (a unit mistake, see
+        :data:`UNIT_SLIPS`).
     dims : tuple of str
         Canonical dimension order.
+    limits : tuple of float or None
+        Physically impossible beyond ``(low, high)`` in ``units`` (wider than ``bounds``):
+        readers drop and count such values in sounding and site files and refuse gridded
+        files that hold them (docs/reliability.md, "Corrupt and hostile input").  None: no
+        limit.
     """
 
     name: str
@@ -59,6 +68,7 @@ class Variable:
     standard_name: str | None
     bounds: tuple[float, float]
     dims: tuple[str, ...] = ("time", "lat", "lon")
+    limits: tuple[float, float] | None = None
 
     def attrs(self) -> dict[str, str]:
         """CF attributes for this variable."""
@@ -75,23 +85,27 @@ class Variable:
 _TABLE = [
     # --- meteorological drivers (time, lat, lon)
     Variable("tair", "near-surface air temperature, 8-day daytime mean", "degC",
-             "air_temperature", (-60.0, 55.0)),
+             "air_temperature", (-60.0, 55.0), limits=(-100.0, 70.0)),
     Variable("vpd", "vapour pressure deficit, daytime mean", "Pa",
-             "water_vapor_saturation_deficit_in_air", (0.0, 10000.0)),
+             "water_vapor_saturation_deficit_in_air", (0.0, 10000.0), limits=(-100.0, 20000.0)),
     Variable("ppfd", "photosynthetic photon flux density, 24-h mean", "umol m-2 s-1",
-             "surface_downwelling_photosynthetic_photon_flux_in_air", (0.0, 1500.0)),
+             "surface_downwelling_photosynthetic_photon_flux_in_air", (0.0, 1500.0),
+             limits=(-50.0, 3500.0)),
     Variable("co2", "atmospheric CO2 mole fraction", "ppm",
-             "mole_fraction_of_carbon_dioxide_in_air", (250.0, 700.0)),
-    Variable("patm", "surface air pressure", "Pa", "surface_air_pressure", (40000.0, 110000.0)),
+             "mole_fraction_of_carbon_dioxide_in_air", (250.0, 700.0), limits=(100.0, 2000.0)),
+    Variable("patm", "surface air pressure", "Pa", "surface_air_pressure", (40000.0, 110000.0),
+             limits=(30000.0, 115000.0)),
     Variable("swc", "root-zone relative soil water availability", "1",
-             "volume_fraction_of_condensed_water_in_soil_at_field_capacity", (0.0, 1.0)),
+             "volume_fraction_of_condensed_water_in_soil_at_field_capacity", (0.0, 1.0),
+             limits=(-0.05, 1.05)),
     # --- vegetation observations (time, lat, lon)
     Variable("fapar", "fraction of absorbed photosynthetically active radiation", "1",
              "fraction_of_surface_downwelling_photosynthetic_radiative_flux_absorbed_by_vegetation",
-             (0.0, 1.0)),
-    Variable("lai", "leaf area index", "m2 m-2", "leaf_area_index", (0.0, 12.0)),
+             (0.0, 1.0), limits=(-0.05, 1.05)),
+    Variable("lai", "leaf area index", "m2 m-2", "leaf_area_index", (0.0, 12.0),
+             limits=(-0.05, 15.0)),
     Variable("nirv", "near-infrared reflectance of vegetation (NDVI x NIR)", "1", None,
-             (-0.05, 0.6)),
+             (-0.05, 0.6), limits=(-0.5, 1.0)),
     # --- static (lat, lon)
     Variable("igbp", "IGBP land-cover class (0 water ... 16 barren)", "1", "area_type",
              (0.0, 17.0), ("lat", "lon")),
@@ -101,9 +115,10 @@ _TABLE = [
              (-500.0, 9000.0), ("lat", "lon")),
     # --- targets
     Variable("gpp", "gross primary productivity of carbon", "gC m-2 d-1",
-             "gross_primary_productivity_of_biomass_expressed_as_carbon", (-1.0, 40.0)),
+             "gross_primary_productivity_of_biomass_expressed_as_carbon", (-1.0, 40.0),
+             limits=(-50.0, 100.0)),
     Variable("sif", "solar-induced chlorophyll fluorescence near 740 nm", "mW m-2 nm-1 sr-1",
-             None, (-2.0, 6.0)),
+             None, (-2.0, 6.0), limits=(-30.0, 50.0)),
     Variable("sif_count", "number of soundings or retrievals in the cell and time step", "1",
              None, (0.0, 1e7)),
 ]
@@ -115,6 +130,38 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in _TABLE}
 DRIVERS: tuple[str, ...] = ("tair", "vpd", "ppfd", "co2", "patm", "swc", "fapar", "lai", "nirv")
 #: Static gridded fields written beside the drivers.
 STATIC: tuple[str, ...] = ("igbp", "land_mask", "elevation")
+
+
+@dataclass(frozen=True)
+class UnitSlip:
+    """A common unit mistake: data in another unit than the one their ``units`` attribute says.
+
+    ``value * scale + offset`` undoes the mistake (gives the value in the canonical unit);
+    ``units`` limits the slip to variables of those canonical units (None: any).
+    """
+
+    label: str
+    scale: float
+    offset: float = 0.0
+    units: tuple[str, ...] | None = None
+
+
+#: Unit mistakes readers name when a file's median lies outside its variable's ``bounds``, tried
+#: in order; the first that brings the median inside is suggested.
+UNIT_SLIPS: tuple[UnitSlip, ...] = (
+    UnitSlip("kelvin labelled as degrees Celsius (subtract 273.15)", 1.0, -273.15, ("degC",)),
+    UnitSlip("degrees Fahrenheit labelled as degrees Celsius", 5.0 / 9.0, -160.0 / 9.0,
+             ("degC",)),
+    UnitSlip("1000 times too large: a unit 1000 times smaller labelled as the larger one "
+             "(mW as W, W m-2 nm-1 as W m-2 um-1, Pa as kPa, g as kg)", 1e-3),
+    UnitSlip("100 times too large: percent labelled as a fraction, or Pa as hPa", 1e-2),
+    UnitSlip("10 times too large: hPa labelled as kPa, or a 0.1 scale factor not applied",
+             1e-1),
+    UnitSlip("1000 times too small: a unit 1000 times larger labelled as the smaller one "
+             "(W as mW, kPa as Pa)", 1e3),
+    UnitSlip("100 times too small: a fraction labelled as percent, or hPa as Pa", 1e2),
+    UnitSlip("10 times too small: kPa labelled as hPa", 1e1),
+)
 
 # --------------------------------------------------------------------------- units
 # Unit strings are read by cf-units (UDUNITS-2, the unit library of the CF conventions): any

@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xgpp.errors import UnitError
+from xgpp.errors import InputError, UnitError
 from xgpp.io._grid import Grid
 from xgpp.io._paths import basename
 from xgpp.io._time import step_range, step_start
 from xgpp.variables import attrs_for
 
-__all__ = ["Points", "binned_cube", "date_from_name", "decode_cf_time"]
+__all__ = ["Points", "binned_cube", "check_lengths", "date_from_name", "decode_cf_time",
+           "one_file_per_day"]
 
 log = logging.getLogger("xgpp.io")
 
@@ -87,6 +88,27 @@ def date_from_name(url: str, patterns: Sequence[str]) -> pd.Timestamp | None:
             except ValueError:
                 continue
     return None
+
+
+def check_lengths(url: str, **arrays: np.ndarray) -> None:
+    """Refuse a file whose per-sounding fields do not have one value per sounding."""
+    sizes = {k: int(np.size(v)) for k, v in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise InputError(f"{basename(url)}: per-sounding fields differ in length {sizes}; each "
+                         "must hold one value per sounding. The file is damaged; re-download it.")
+
+
+def one_file_per_day(dates: dict[str, pd.Timestamp], what: str) -> None:
+    """Refuse two daily files of one date (two versions of a day would count it twice)."""
+    seen: dict[pd.Timestamp, str] = {}
+    for url, day in sorted(dates.items()):
+        if day in seen:
+            raise InputError(
+                f"{what} files {basename(seen[day])} and {basename(url)} are both dated "
+                f"{day.date()}; a daily product has one file per day (two versions or "
+                "processings of one day?) and its soundings would count twice. Keep one."
+            )
+        seen[day] = url
 
 
 def _bin_step(urls: list[str], reader: Callable[[str], Points], grid: Grid,

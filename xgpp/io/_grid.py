@@ -9,7 +9,7 @@ import xarray as xr
 
 from xgpp.errors import InputError
 
-__all__ = ["Grid", "make_grid", "GridLike"]
+__all__ = ["Grid", "check_axis", "make_grid", "GridLike"]
 
 GridLike = float | int | xr.Dataset | xr.DataArray
 
@@ -83,6 +83,41 @@ def _check_regular(values: np.ndarray, name: str, where: str) -> None:
             f"{where}: coordinate {name!r} must be regularly spaced and ascending (cell centres); "
             f"found spacings from {step.min():.6g} to {step.max():.6g} degree. "
             "Pass xgpp.io.harmonize(ds) first to flip or sort it, or give grid as a resolution."
+        )
+
+
+def check_axis(values: np.ndarray, name: str, where: str) -> None:
+    """Refuse a file's ``lat``/``lon`` that is not a regular axis of cell centres.
+
+    Order does not matter (readers flip and sort); longitudes are wrapped to -180..180 first, so
+    a regional 0..360 subset across the prime meridian is regular.  Duplicates, gaps, uneven
+    spacing, NaN and latitudes beyond +-90 raise :class:`~xgpp.errors.InputError` naming
+    ``where`` (the file) and the coordinate.
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    if not np.isfinite(v).all():
+        raise InputError(f"{where}: coordinate {name!r} holds {int((~np.isfinite(v)).sum())} "
+                         "NaN/infinite value(s); the file is damaged. Re-download it.")
+    if name == "lat" and v.size and (v.min() < -90 or v.max() > 90):
+        raise InputError(f"{where}: coordinate 'lat' spans {v.min():.6g}..{v.max():.6g}, outside "
+                         "-90..90 degree_north; is it in radians or projected metres?")
+    if name == "lon":
+        v = (v + 180.0) % 360.0 - 180.0
+    v = np.sort(v)
+    if v.size < 2:
+        return
+    step = np.diff(v)
+    if np.any(step <= 0):
+        dup = v[1:][step <= 0][0]
+        raise InputError(f"{where}: coordinate {name!r} holds {dup:.6g} twice; each cell centre "
+                         "must appear once on a regular grid.")
+    if not np.allclose(step, step[0], rtol=1e-6, atol=1e-9):
+        gap = int(np.argmax(np.abs(step - np.median(step))))
+        raise InputError(
+            f"{where}: coordinate {name!r} is not regularly spaced: spacings range from "
+            f"{step.min():.6g} to {step.max():.6g} degree (e.g. {v[gap]:.6g} -> "
+            f"{v[gap + 1]:.6g}; a gap or a missing row). xgpp reads regular lat/lon grids only; "
+            "re-download the file or regrid it onto a regular grid first."
         )
 
 

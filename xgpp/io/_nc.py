@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xgpp.errors import CorruptChunkError, MissingDependencyError, NotFoundError
+from xgpp.errors import CorruptChunkError, MissingDependencyError, NotFoundError, XgppError
+from xgpp.io._guard import guarded_dataset
 from xgpp.io._paths import basename, local_path, open_binary
 
 __all__ = ["open_dataset", "open_nc", "has_var", "read_var", "list_vars"]
@@ -18,13 +19,36 @@ __all__ = ["open_dataset", "open_nc", "has_var", "read_var", "list_vars"]
 def open_dataset(url: str, **kwargs: Any) -> xr.Dataset:
     """Open a netCDF file with xarray: lazily (dask) if local, read into memory if remote.
 
-    ``kwargs`` go to :func:`xarray.open_dataset` (e.g. ``mask_and_scale=False``).
+    ``kwargs`` go to :func:`xarray.open_dataset` (e.g. ``mask_and_scale=False``).  A file that
+    is not netCDF/HDF5, or is truncated, raises :class:`~xgpp.errors.CorruptChunkError` naming
+    it; so does a damaged variable when it is read (see :mod:`xgpp.io._guard`).
     """
     path = local_path(url)
-    if path is not None:
-        return xr.open_dataset(path, chunks={}, **kwargs)
-    with open_binary(url) as f:
-        return xr.open_dataset(f, engine="h5netcdf", **kwargs).load()
+    try:
+        if path is not None:
+            lazy = xr.open_dataset(path, chunks=None, cache=False, **kwargs)
+            return guarded_dataset(lazy, basename(url), local_path=path)
+        with open_binary(url) as f:
+            return xr.open_dataset(f, engine="h5netcdf", **kwargs).load()
+    except (FileNotFoundError, XgppError):
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError) as err:
+        # xarray's backends raise ValueError (no engine recognises the bytes), OSError (HDF5),
+        # RuntimeError/KeyError/IndexError/TypeError (damaged metadata or attributes)
+        raise CorruptChunkError(
+            f"cannot read {basename(url)!r} as netCDF4/HDF5 ({type(err).__name__}: {err}); "
+            f"it starts with {_head(url)!r}. Check that the file is a complete netCDF file "
+            "(not an HTML error page or a partial download); re-download it."
+        ) from err
+
+
+def _head(url: str, n: int = 16) -> bytes:
+    """The first ``n`` bytes of a file, for messages (``b''`` when it cannot be read)."""
+    try:
+        with open_binary(url) as f:
+            return f.read(n)
+    except OSError:
+        return b""
 
 
 def _netcdf4():

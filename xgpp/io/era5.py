@@ -8,17 +8,22 @@ MODIS-style (e.g. MCD15A2H exported to netCDF by AppEEARS): raw integers ``Fpar_
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from xgpp.errors import InputError, NotFoundError, UnitError
 from xgpp.io._grid import GridLike
 from xgpp.io._nc import open_dataset
 from xgpp.io._paths import PathsLike, basename, expand_paths
+from xgpp.io._ranges import screened
 from xgpp.io._time import check_freq
 from xgpp.io._units import normalise
 from xgpp.io.fluxnet import SW_TO_PPFD
-from xgpp.io.harmonize import _canonical_dims, harmonize
+from xgpp.io.harmonize import _canonical_dims, check_file_axes, harmonize
 from xgpp.variables import attrs_for
 
 __all__ = ["read_era5", "read_modis", "esat_magnus", "MODIS_FIELDS"]
@@ -41,20 +46,70 @@ def esat_magnus(t_degc):
     return 611.2 * np.exp(17.62 * t_degc / (243.12 + t_degc))
 
 
-def _open_all(urls: list[str], what: str, **kwargs) -> xr.Dataset:
+def _open_all(urls: list[str], what: str,
+              prepare: Callable[[xr.Dataset, str], xr.Dataset], **kwargs) -> xr.Dataset:
+    """Open, check (grid, times) and ``prepare`` each file, then stack them in time."""
     parts = []
     for url in urls:
-        ds = _canonical_dims(open_dataset(url, **kwargs))
+        name = basename(url)
+        try:
+            ds = _canonical_dims(open_dataset(url, **kwargs))
+        except InputError as err:
+            raise InputError(f"{what} file {name}: {err}") from err
         drop = [c for c in ds.coords if c not in ("time", "lat", "lon")]
-        parts.append(ds.drop_vars(drop))
+        parts.append(prepare(check_file_axes(ds.drop_vars(drop), name), name))
     if len(parts) == 1:
         return parts[0]
+    seen: dict[np.datetime64, str] = {}
+    for url, part in zip(urls, parts, strict=True):
+        for t in part["time"].values if "time" in part.dims else ():
+            if t in seen:
+                raise InputError(f"{what} files {seen[t]} and {basename(url)} both hold time "
+                                 f"{pd.Timestamp(t)}; each time must appear in one file only "
+                                 "(overlapping downloads?). Remove the duplicate file.")
+            seen[t] = basename(url)
     try:
         return xr.concat(parts, dim="time", data_vars="all", coords="minimal",
                          join="exact", compat="override").sortby("time")
     except ValueError as err:
         raise InputError(f"{what} files {[basename(u) for u in urls]} do not share one lat/lon "
                          f"grid and variables, so they cannot be stacked in time: {err}") from err
+
+
+#: ERA5 field -> canonical variable its values are checked (and converted) as
+_ERA5_FIELDS: dict[str, str] = {"t2m": "tair", "d2m": "tair", "sp": "patm"}
+
+
+def _era5_file(ds: xr.Dataset, name: str) -> xr.Dataset:
+    """One ERA5 file in canonical units (``t2m``/``d2m`` [degC], ``sp`` [Pa], ``ssrd`` raw).
+
+    Each field is converted from its own ``units`` and checked lazily (unit mistakes, values
+    outside the possible range: :mod:`xgpp.io._ranges`), so messages name this file.
+    """
+    out = {}
+    for v in [v for v in (*_ERA5_FIELDS, "ssrd") if v in ds]:
+        if "units" not in ds[v].attrs:
+            raise UnitError(f"ERA5 variable {v!r} has no 'units' attribute (file {name}); xgpp "
+                            "converts units from the attribute.")
+    for v, canon in _ERA5_FIELDS.items():
+        if v in ds:
+            where = f"ERA5 file {name} variable {v!r}"
+            units = str(ds[v].attrs["units"])
+            out[v] = screened(normalise(ds[v].rename(canon), canon, where=where), canon,
+                              where=where, units=units)
+    if "ssrd" in ds:
+        units = str(ds["ssrd"].attrs["units"]).replace("**", "").replace("^", "")
+        if units not in ("J m-2", "J/m2"):
+            raise UnitError(f"ERA5 file {name}: ssrd has units {ds['ssrd'].attrs['units']!r}; "
+                            "expected 'J m**-2' (accumulated energy).")
+        ssrd = ds["ssrd"]
+        if "time" in ssrd.dims and ds.sizes["time"] > 1:
+            dt = float(np.median(np.diff(ds["time"].values).astype("timedelta64[s]")
+                                 .astype(float)))
+            ssrd = screened(ssrd, "ppfd", where=f"ERA5 file {name} variable 'ssrd'",
+                            scale=SW_TO_PPFD / dt, units="J m-2 per step")
+        out["ssrd"] = ssrd
+    return xr.Dataset(out, attrs=ds.attrs)
 
 
 def read_era5(paths: PathsLike, *, grid: GridLike | None = None, freq: str = "8D",
@@ -86,34 +141,28 @@ def read_era5(paths: PathsLike, *, grid: GridLike | None = None, freq: str = "8D
     """
     check_freq(freq)
     urls = expand_paths(paths, suffixes=(".nc", ".nc4"), what="ERA5 netCDF")
-    src = _open_all(urls, "ERA5")
+    src = _open_all(urls, "ERA5", _era5_file)
     known = ("t2m", "d2m", "sp", "ssrd")
     if not any(v in src for v in known):
-        raise NotFoundError(f"ERA5 files {[basename(u) for u in urls][:3]} have none of {list(known)}; "
-                       f"found {sorted(map(str, src.data_vars))}.")
-    for v in [v for v in known if v in src]:
-        if "units" not in src[v].attrs:
-            raise UnitError(f"ERA5 variable {v!r} has no 'units' attribute (file "
-                             f"{basename(urls[0])}); xgpp converts units from the attribute.")
+        raise NotFoundError(f"ERA5 files {[basename(u) for u in urls][:3]} have none of "
+                            f"{list(known)}; found {sorted(map(str, src.data_vars))}.")
     out = {}
     if "t2m" in src:
-        out["tair"] = normalise(src["t2m"].rename("tair"), "tair", where="ERA5 t2m")
+        out["tair"] = src["t2m"].rename("tair")
     if "t2m" in src and "d2m" in src:
-        td = normalise(src["d2m"].rename("tair"), "tair", where="ERA5 d2m")
-        vpd = (esat_magnus(out["tair"]) - esat_magnus(td)).clip(min=0)
+        vpd = (esat_magnus(out["tair"]) - esat_magnus(src["d2m"])).clip(min=0)
         out["vpd"] = vpd.rename("vpd").assign_attrs(attrs_for("vpd"))
     if "sp" in src:
-        out["patm"] = normalise(src["sp"].rename("patm"), "patm", where="ERA5 sp")
+        out["patm"] = src["sp"].rename("patm")
     if "ssrd" in src:
-        units = str(src["ssrd"].attrs["units"]).replace("**", "").replace("^", "")
-        if units not in ("J m-2", "J/m2"):
-            raise UnitError(f"ERA5 ssrd has units {src['ssrd'].attrs['units']!r}; expected "
-                             "'J m**-2' (accumulated energy).")
-        t = src["time"].values
+        t = src["time"].values if "time" in src.dims else np.array([])
         dt = np.diff(t).astype("timedelta64[s]").astype(float)
         if len(t) < 2 or not np.allclose(dt, dt[0]):
-            raise InputError("ERA5 ssrd: accumulations need a regular time axis of >= 2 steps "
-                             f"(found spacings {sorted(set(dt))[:3]} s).")
+            raise InputError(
+                f"ERA5 ssrd in {[basename(u) for u in urls][:3]}: accumulations need a regular "
+                f"time axis of >= 2 steps (found {len(t)} time(s), spacings "
+                f"{sorted(set(dt))[:3]} s: a missing hour?)."
+            )
         ppfd = (src["ssrd"] / dt[0] * SW_TO_PPFD).shift(time=-1)
         out["ppfd"] = ppfd.rename("ppfd").assign_attrs(attrs_for("ppfd"))
     ds = xr.Dataset(out)
@@ -134,6 +183,36 @@ def read_era5(paths: PathsLike, *, grid: GridLike | None = None, freq: str = "8D
     agg.attrs.update({"source": "ERA5", "n_files": len(urls),
                       "tair_vpd_mean": "daylight hours (ssrd > 0)" if day_mean else "24 h"})
     return agg
+
+
+def _modis_file(ds: xr.Dataset, name: str, *,
+                fields: dict[str, tuple[str, float, str]]) -> xr.Dataset:
+    """One MODIS file's fields as canonical ``fapar``/``lai``, fill codes NaN, checked lazily."""
+    present = [f for f in fields if f in ds]
+    if not present:
+        raise NotFoundError(f"MODIS file {name} has none of {list(fields)}; found "
+                            f"{sorted(map(str, ds.data_vars))}.")
+    out = {}
+    for field in present:
+        canon, default_scale, units = fields[field]
+        raw = ds[field]
+        try:
+            scale = float(raw.attrs.get("scale_factor", default_scale))
+            offset = float(raw.attrs.get("add_offset", 0.0))
+        except (TypeError, ValueError) as err:
+            raise UnitError(f"MODIS file {name}: {field} has scale_factor "
+                            f"{raw.attrs.get('scale_factor')!r} / add_offset "
+                            f"{raw.attrs.get('add_offset')!r}; expected numbers.") from err
+        fill = raw.attrs.get("_FillValue")
+        bad = raw >= MODIS_FILL_MIN
+        if fill is not None:
+            bad = bad | (raw == fill)
+        val = (raw.astype("float32") * scale + offset).where(~bad)
+        val = val.rename(canon).assign_attrs({**attrs_for(canon), "units": units,
+                                              "source_variable": field})
+        out[canon] = screened(val, canon, where=f"MODIS file {name} variable {field!r}",
+                              units=f"counts x scale_factor {scale:g}")
+    return xr.Dataset(out, attrs=ds.attrs)
 
 
 def read_modis(paths: PathsLike, *, grid: GridLike | None = None, freq: str = "8D",
@@ -160,24 +239,12 @@ def read_modis(paths: PathsLike, *, grid: GridLike | None = None, freq: str = "8
     check_freq(freq)
     fields = fields or MODIS_FIELDS
     urls = expand_paths(paths, suffixes=(".nc", ".nc4"), what="MODIS netCDF")
-    src = _open_all(urls, "MODIS", mask_and_scale=False)
-    present = [f for f in fields if f in src]
-    if not present:
+    src = _open_all(urls, "MODIS", functools.partial(_modis_file, fields=fields),
+                    mask_and_scale=False)
+    if not src.data_vars:
         raise NotFoundError(f"MODIS files {[basename(u) for u in urls][:3]} have none of "
-                       f"{list(fields)}; found {sorted(map(str, src.data_vars))}.")
-    out = {}
-    for field in present:
-        name, default_scale, units = fields[field]
-        raw = src[field]
-        scale = float(raw.attrs.get("scale_factor", default_scale))
-        offset = float(raw.attrs.get("add_offset", 0.0))
-        fill = raw.attrs.get("_FillValue")
-        bad = raw >= MODIS_FILL_MIN
-        if fill is not None:
-            bad = bad | (raw == fill)
-        val = (raw.astype("float32") * scale + offset).where(~bad)
-        out[name] = val.rename(name).assign_attrs({**attrs_for(name), "units": units,
-                                                   "source_variable": field})
+                            f"{list(fields)}.")
+    out = {str(n): src[n] for n in src.data_vars}
     ds = harmonize(xr.Dataset(out), grid=grid, freq=freq)
     ds.attrs.update({"source": "MODIS", "n_files": len(urls)})
     return ds

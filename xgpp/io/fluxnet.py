@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xgpp.errors import InputError, NotFoundError
+from xgpp.errors import CorruptChunkError, InputError, NotFoundError
 from xgpp.io._paths import PathsLike, basename, expand_paths, open_binary
+from xgpp.io._ranges import screen
 from xgpp.io._time import check_freq, step_days, step_range, step_start
 from xgpp.io._units import to_canonical
 from xgpp.landcover import IGBP_CODES
-from xgpp.variables import attrs_for
+from xgpp.variables import attrs_for, get_variable
 
 __all__ = ["read_fluxnet", "parse_fluxnet_name", "SW_TO_PPFD", "COLUMNS"]
 
@@ -100,8 +101,15 @@ def _load_sites(sites) -> pd.DataFrame:
 
 
 def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_threshold: float,
-               ) -> tuple[pd.DataFrame, dict[str, int], dict[str, dict[str, object]]]:
-    """One file -> DataFrame indexed by period start with canonical columns; counts; missing.
+               ) -> tuple[pd.DataFrame, dict[str, int], dict[str, dict[str, object]],
+                          dict[str, dict[str, int]]]:
+    """One file -> DataFrame indexed by period start; GPP counts; missing columns; drops.
+
+    The fourth item counts dropped values per variable (``{name: {"missing", "unreadable",
+    "implausible"}}``).  Rows are sorted by time.  Cells that are not numbers (binary garbage, stray text) and
+    values outside the variable's possible range (:mod:`xgpp.io._ranges`) are NaN and counted;
+    a column whose median is implausible (a unit mistake) raises
+    :class:`~xgpp.errors.UnitError`.
 
     A driver whose column the file lacks is NaN for the whole file; it is returned in the third
     item (canonical name -> ``{"column", "file", "n_values"}``, ``n_values`` the file rows set
@@ -110,7 +118,7 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
     ts_cols = ["TIMESTAMP"] if info.res in ("DD", "MM") else ["TIMESTAMP_START"]
     gpp_col = columns["gpp"][0]
     with open_binary(url) as f:
-        header = pd.read_csv(f, nrows=0).columns.tolist()
+        header = [str(c) for c in _csv(url, f, nrows=0).columns]
         if gpp_col not in header:
             found_gpp = [c for c in header if c.upper().startswith("GPP")]
             raise NotFoundError(
@@ -130,25 +138,16 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
         absent = {name: col for name, (col, _) in columns.items() if col not in header}
         want = ts_cols + [c for name, (c, _) in columns.items() if name not in absent] + [_QC]
         f.seek(0)
-        df = pd.read_csv(f, usecols=list(dict.fromkeys(want)), dtype={c: str for c in ts_cols})
+        df = _csv(url, f, usecols=list(dict.fromkeys(want)), dtype={c: str for c in ts_cols})
     missing_cols: dict[str, dict[str, object]] = {}
     for name, col in absent.items():
         missing_cols[name] = {"column": col, "file": basename(url), "n_values": int(len(df))}
         log.warning("%s: site %s lacks driver column %s (%s); %s is NaN for its %d values. "
                     "Other sites and GPP are read as usual; pass drivers= without %r to skip "
                     "this driver.", basename(url), info.site, col, name, name, len(df), name)
-    try:
-        t = pd.to_datetime(df[ts_cols[0]].str.strip(), format=_TS_FORMAT[info.res])
-    except (ValueError, TypeError) as err:
-        raise InputError(
-            f"{basename(url)}: column {ts_cols[0]} must hold {_TS_FORMAT[info.res]} times for "
-            f"{info.res} files; first values {df[ts_cols[0]].head(3).tolist()}."
-        ) from err
-    dup = t[t.duplicated()]
-    if len(dup):
-        raise InputError(f"{basename(url)} (site {info.site}) has duplicated timestamp "
-                         f"{dup.iloc[0]} ({len(dup)} duplicates); each period must appear once.")
+    t = _timestamps(df[ts_cols[0]], info, url)
     counts = {"values": 0, "missing": 0, "qc": 0}
+    dropped: dict[str, dict[str, int]] = {}
     out = {}
     qc = pd.to_numeric(df[_QC], errors="coerce").to_numpy(float, copy=True)
     qc[qc <= -9999] = np.nan
@@ -156,9 +155,10 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
         if name in absent:
             out[name] = np.full(len(df), np.nan)
             continue
-        v = pd.to_numeric(df[col], errors="coerce").to_numpy(float, copy=True)
-        missing_v = ~np.isfinite(v) | (v <= -9999)
-        v[missing_v] = np.nan
+        where = f"{basename(url)} (site {info.site}) column {col}"
+        v, unreadable = _numbers(df[col])
+        missing_v = (~np.isfinite(v) | (v <= -9999)) & ~unreadable
+        v[missing_v | unreadable] = np.nan
         if name == "gpp":
             if not np.isfinite(v).any():
                 raise InputError(f"{basename(url)}: site {info.site} has no valid {col} value "
@@ -172,8 +172,65 @@ def _read_file(url: str, info: _Name, columns: dict[str, tuple[str, str]], qc_th
             v[bad] = np.nan
         if name == "ppfd":
             v, units = v * SW_TO_PPFD, "umol m-2 s-1"
-        out[name] = to_canonical(v, units, name, where=f"{basename(url)} column {col}")
-    return pd.DataFrame(out, index=pd.DatetimeIndex(t)), counts, missing_cols
+        v = to_canonical(v, units, name, where=where)
+        impossible = screen(v, name, where=where, units=units)
+        v[impossible] = np.nan
+        dropped[name] = {"missing": int(missing_v.sum()), "unreadable": int(unreadable.sum()),
+                         "implausible": int(impossible.sum())}
+        if unreadable.any() or impossible.any():
+            log.warning("%s: %d value(s) are not numbers and %d lie outside the possible range "
+                        "%s %s; they are dropped (NaN) and counted in the %s attributes "
+                        "n_dropped_unreadable/n_dropped_implausible.", where,
+                        int(unreadable.sum()), int(impossible.sum()),
+                        get_variable(name).limits, get_variable(name).units, name)
+        out[name] = v
+    return pd.DataFrame(out, index=t).sort_index(), counts, missing_cols, dropped
+
+
+def _csv(url: str, f, **kwargs) -> pd.DataFrame:
+    """``pandas.read_csv`` whose failures on damaged files name the file."""
+    try:
+        return pd.read_csv(f, **kwargs)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise CorruptChunkError(
+            f"{basename(url)} cannot be read as a FLUXNET CSV ({type(err).__name__}: {err}); "
+            "expected comma-separated text with a header row (TIMESTAMP..., TA_F, GPP_...). "
+            "The file is damaged or not a CSV; re-download it."
+        ) from err
+
+
+def _numbers(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Floats of a column, and where its non-empty cells are not numbers (unreadable)."""
+    v = pd.to_numeric(col, errors="coerce").to_numpy(float, copy=True)
+    if col.dtype.kind in "fiub":
+        return v, np.zeros(v.size, dtype=bool)
+    text = col.astype(str).str.strip()
+    unreadable = np.isnan(v) & col.notna().to_numpy() & (text != "").to_numpy()
+    return v, unreadable
+
+
+def _timestamps(col: pd.Series, info: _Name, url: str) -> pd.DatetimeIndex:
+    """Period starts of a file's rows: all present, parseable and distinct."""
+    fmt = _TS_FORMAT[info.res]
+    text = col.astype("string").str.strip()
+    t = pd.to_datetime(text, format=fmt, errors="coerce")
+    bad = t.isna().to_numpy()
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InputError(
+            f"{basename(url)} (site {info.site}): column {col.name} must hold {fmt} times for "
+            f"{info.res} files; row {row + 2} holds {text.iloc[row]!r} ({int(bad.sum())} bad "
+            "value(s)). Fix or re-download the file."
+        )
+    idx = pd.DatetimeIndex(t)
+    dup = idx[idx.duplicated()]
+    if len(dup):
+        raise InputError(f"{basename(url)} (site {info.site}) has duplicated timestamp "
+                         f"{dup[0]} ({len(dup)} duplicates); each period must appear once.")
+    if not idx.is_monotonic_increasing:
+        log.info("%s: rows are not in time order; they are read sorted by %s", basename(url),
+                 col.name)
+    return idx
 
 
 def _aggregate(df: pd.DataFrame, res: str, freq: str, min_coverage: float,
@@ -241,7 +298,13 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
         columns missing from files are recorded in ``ds.attrs['missing_driver_columns']``, a
         JSON object ``{site: {driver: {"column", "file", "n_values"}}}`` (``n_values``: file
         rows set to NaN; ``"{}"`` when none), and per driver in ``attrs``
-        ``n_values_missing_column`` and ``sites_missing_column``.
+        ``n_values_missing_column`` and ``sites_missing_column``.  Every variable's ``attrs``
+        count the cells that were not numbers (``n_dropped_unreadable``: binary garbage,
+        stray text) and the values outside its physically possible range
+        (``n_dropped_implausible``: :attr:`xgpp.variables.Variable.limits`, infinities
+        included), both dropped as NaN with a logged warning; drivers also count their
+        missing (-9999, empty, NaN) values in ``n_dropped_missing``.  Rows out of time order
+        are read sorted.
 
     Raises
     ------
@@ -249,7 +312,13 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
         A file lacks the GPP column ``gpp_variable`` (the message lists the file's GPP columns
         and all its columns), its timestamp or ``NEE_VUT_REF_QC``; a site is not in ``sites``.
     ValueError
-        Bad file names, all-missing GPP, duplicated timestamps, unknown ``drivers``...
+        Bad file names, all-missing GPP, duplicated or unparseable timestamps, unknown
+        ``drivers``...; :class:`~xgpp.errors.UnitError` for a column whose median lies outside
+        the variable's plausible ``bounds`` (a unit mistake such as kelvin labelled degC; the
+        message names the file, column and the likely mistake).
+    OSError
+        :class:`~xgpp.errors.CorruptChunkError`: a file that is not CSV text (binary, truncated
+        mid-quote), naming the file.
     """
     check_freq(freq)
     unknown = [d for d in drivers if d not in COLUMNS]
@@ -279,6 +348,7 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
                            "IGBP, or remove their files.")
     columns = {"gpp": (gpp_variable, ""), **{d: COLUMNS[d] for d in drivers}}
     series, totals = {}, {"values": 0, "missing": 0, "qc": 0, "coverage": 0}
+    by_var: dict[str, dict[str, int]] = {}
     missing_by_site: dict[str, dict[str, dict[str, object]]] = {}
     for site, url in sorted(by_site.items()):
         info = infos[url]
@@ -286,7 +356,10 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
         cols["gpp"] = (gpp_variable, "umol m-2 s-1" if info.res in ("HH", "HR") else "gC m-2 d-1")
         thr = qc_threshold if qc_threshold is not None else (1 if info.res in ("HH", "HR")
                                                              else 0.5)
-        df, counts, missing_cols = _read_file(url, info, cols, thr)
+        df, counts, missing_cols, file_dropped = _read_file(url, info, cols, thr)
+        for name, kinds in file_dropped.items():
+            for kind, n in kinds.items():
+                by_var.setdefault(name, dict.fromkeys(kinds, 0))[kind] += n
         if missing_cols:
             missing_by_site[site] = missing_cols
         agg, dropped = _aggregate(df, info.res, freq, min_coverage)
@@ -326,6 +399,12 @@ def read_fluxnet(paths: PathsLike, *, sites: str | pd.DataFrame | None = None,
         "n_values_read": totals["values"], "n_dropped_missing": totals["missing"],
         "n_dropped_qc": totals["qc"], "n_steps_dropped_coverage": totals["coverage"],
     })
+    for name in names:
+        kinds = by_var.get(name, {})
+        if name != "gpp":
+            ds[name].attrs["n_dropped_missing"] = kinds.get("missing", 0)
+        ds[name].attrs["n_dropped_unreadable"] = kinds.get("unreadable", 0)
+        ds[name].attrs["n_dropped_implausible"] = kinds.get("implausible", 0)
     for name in drivers:
         lacking = [s for s in site_ids if name in missing_by_site.get(s, {})]
         ds[name].attrs["n_values_missing_column"] = sum(

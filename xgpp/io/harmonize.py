@@ -15,7 +15,7 @@ import xarray as xr
 from dask.array.core import PerformanceWarning
 
 from xgpp.errors import InputError
-from xgpp.io._grid import Grid, GridLike, make_grid
+from xgpp.io._grid import Grid, GridLike, check_axis, make_grid
 from xgpp.io._time import check_freq, infer_freq, step_days, step_range, step_start
 from xgpp.io._units import normalise
 from xgpp.variables import VARIABLES
@@ -42,6 +42,28 @@ def _canonical_dims(ds: xr.Dataset) -> xr.Dataset:
             raise InputError(f"harmonize: dimension {dim!r} has no coordinate values; assign "
                              "the cell centres with ds.assign_coords(...).")
     return ds
+
+
+def check_file_axes(ds: xr.Dataset, name: str) -> xr.Dataset:
+    """Refuse irregular lat/lon and bad times in one file; sort its times (documented)."""
+    for dim in ("lat", "lon"):
+        check_axis(ds[dim].values, dim, name)
+    if "time" not in ds.dims:
+        return ds
+    t = ds["time"].values if "time" in ds.coords else None
+    if t is None or not np.issubdtype(t.dtype, np.datetime64):
+        raise InputError(f"{name}: dimension 'time' has no decoded datetime coordinate (found "
+                         f"{'none' if t is None else t.dtype}); the file's time variable is "
+                         "missing or its units are not CF ('hours since ...').")
+    idx = pd.DatetimeIndex(t)
+    if idx.hasnans:
+        raise InputError(f"{name}: {int(idx.isna().sum())} time value(s) are missing (NaT); "
+                         "the file's time variable is damaged. Re-download it.")
+    dup = idx[idx.duplicated()]
+    if len(dup):
+        raise InputError(f"{name}: time {dup[0]} appears {int((idx == dup[0]).sum())} times; each "
+                         "time must appear once. Re-download the file.")
+    return ds if idx.is_monotonic_increasing else ds.sortby("time")
 
 
 def _fix_lonlat(ds: xr.Dataset) -> xr.Dataset:

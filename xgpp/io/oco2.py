@@ -18,10 +18,19 @@ import pandas as pd
 import xarray as xr
 
 from xgpp.errors import NotFoundError, UnitError
-from xgpp.io._binning import Points, binned_cube, date_from_name, decode_cf_time, group_by_step
+from xgpp.io._binning import (
+    Points,
+    binned_cube,
+    check_lengths,
+    date_from_name,
+    decode_cf_time,
+    group_by_step,
+    one_file_per_day,
+)
 from xgpp.io._grid import GridLike, make_grid
 from xgpp.io._nc import has_var, list_vars, open_nc, read_var
 from xgpp.io._paths import PathsLike, basename, expand_paths
+from xgpp.io._ranges import screen
 from xgpp.io._time import check_freq
 from xgpp.io._units import to_canonical
 
@@ -37,6 +46,7 @@ _LON = ("Longitude", "longitude")
 _TIME = ("Delta_Time", "time")
 _QUALITY = ("Quality_Flag", "quality_flag")
 _MODE = ("Metadata/MeasurementMode", "measurement_mode")
+_NAME_DATE = (r"LtSIF_(\d{2})(\d{2})(\d{2})_",)
 _DEFAULT_TIME_UNITS = {"Delta_Time": "seconds since 1990-01-01 00:00:00"}
 
 
@@ -74,21 +84,26 @@ def _read_lite(url: str, *, layout: dict[str, str | None], max_quality_flag: int
                 f"{basename(url)}: variable {layout['sif']!r} has no 'units' attribute; OCO-2 "
                 "Lite SIF is 'W/m^2/sr/µm'. xgpp converts from the attribute and never guesses."
             )
-        sif = to_canonical(sif, str(attrs["units"]), "sif", where=f"{basename(url)} "
-                           f"{layout['sif']}")
-        keep = np.isfinite(sif)
+        where = f"{basename(url)} {layout['sif']}"
+        sif = to_canonical(sif, str(attrs["units"]), "sif", where=where)
+        check_lengths(url, **{str(layout["sif"]): sif, str(layout["lat"]): lat,
+                              str(layout["lon"]): lon})
+        # impossible values (beyond the variable's limits, infinities) are rejected soundings
+        keep = np.isfinite(sif) & ~screen(sif, "sif", where=where, units=str(attrs["units"]))
         if layout["quality"] and has_var(nc, layout["quality"]):
             qf, _ = read_var(nc, layout["quality"], url=url)
+            check_lengths(url, **{str(layout["sif"]): sif, str(layout["quality"]): qf})
             keep &= np.isfinite(qf) & (qf <= max_quality_flag)
         if modes is not None and layout["mode"] and has_var(nc, layout["mode"]):
             mode, _ = read_var(nc, layout["mode"], url=url)
+            check_lengths(url, **{str(layout["sif"]): sif, str(layout["mode"]): mode})
             keep &= np.isin(mode, modes)
     return Points(lat=lat, lon=lon, values={"sif": np.where(keep, sif, np.nan)},
                   n_read=int(sif.size), n_rejected=int((~keep).sum()))
 
 
 def _date(url: str, layout: dict[str, str | None]) -> pd.Timestamp:
-    day = date_from_name(url, (r"LtSIF_(\d{2})(\d{2})(\d{2})_",))
+    day = date_from_name(url, _NAME_DATE)
     if day is not None:
         return day
     name = str(layout["time"])
@@ -136,6 +151,8 @@ def read_oco2_lite(paths: PathsLike, *, grid: GridLike = 0.5, freq: str = "8D",
     target = make_grid(grid, where="read_oco2_lite grid")
     layout = _layout(urls[0], sif_variable)
     dates = {u: _date(u, layout) for u in urls}
+    one_file_per_day({u: d for u, d in dates.items() if date_from_name(u, _NAME_DATE)},
+                     "OCO-2 SIF Lite")
     reader = functools.partial(_read_lite, layout=layout, max_quality_flag=max_quality_flag,
                                modes=measurement_modes)
     ds = binned_cube(group_by_step(dates, freq), reader, target, ("sif",), freq)

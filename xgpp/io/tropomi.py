@@ -17,12 +17,22 @@ import pandas as pd
 import xarray as xr
 
 from xgpp.errors import InputError, NotFoundError, UnitError
-from xgpp.io._binning import Points, binned_cube, date_from_name, decode_cf_time, group_by_step
-from xgpp.io._grid import GridLike, make_grid
+from xgpp.io._binning import (
+    Points,
+    binned_cube,
+    check_lengths,
+    date_from_name,
+    decode_cf_time,
+    group_by_step,
+    one_file_per_day,
+)
+from xgpp.io._grid import GridLike, check_axis, make_grid
 from xgpp.io._nc import has_var, list_vars, open_dataset, open_nc, read_var
 from xgpp.io._paths import PathsLike, basename, expand_paths
+from xgpp.io._ranges import screen, screened
 from xgpp.io._time import check_freq
-from xgpp.io._units import to_canonical
+from xgpp.io._units import normalise, to_canonical
+from xgpp.io.harmonize import _canonical_dims, check_file_axes, harmonize
 
 __all__ = ["read_tropomi"]
 
@@ -48,18 +58,25 @@ def _read_l2b(url: str, *, variable: str, max_cloud_fraction: float | None) -> P
         lat, _ = read_var(nc, "PRODUCT/latitude", url=url)
         lon, _ = read_var(nc, "PRODUCT/longitude", url=url)
         sif, attrs = read_var(nc, f"PRODUCT/{variable}", url=url)
-        sif = to_canonical(sif, _units_of(attrs, variable, url), "sif",
-                           where=f"{basename(url)} PRODUCT/{variable}")
-        keep = np.isfinite(sif)
+        units = _units_of(attrs, variable, url)
+        where = f"{basename(url)} PRODUCT/{variable}"
+        sif = to_canonical(sif, units, "sif", where=where)
+        check_lengths(url, sif=sif, latitude=lat, longitude=lon)
+        # impossible values (beyond the variable's limits, infinities) are rejected soundings
+        keep = np.isfinite(sif) & ~screen(sif, "sif", where=where, units=units)
         if max_cloud_fraction is not None:
             cloud, _ = read_var(nc, _CLOUD, url=url)
+            check_lengths(url, sif=sif, cloud_fraction_L2=cloud)
             keep &= np.isfinite(cloud) & (cloud <= max_cloud_fraction)
         values = {"sif": np.where(keep, sif, np.nan)}
         if has_var(nc, "PRODUCT/NIRv"):
             nirv, nattrs = read_var(nc, "PRODUCT/NIRv", url=url)
             # NIRv is a reflectance product: dimensionless by definition
-            values["nirv"] = np.where(keep, to_canonical(nirv, nattrs.get("units", "1"), "nirv",
-                                                         where=basename(url)), np.nan)
+            nwhere = f"{basename(url)} PRODUCT/NIRv"
+            nirv = to_canonical(nirv, nattrs.get("units", "1"), "nirv", where=nwhere)
+            check_lengths(url, sif=sif, NIRv=nirv)
+            nirv[screen(nirv, "nirv", where=nwhere, units=nattrs.get("units"))] = np.nan
+            values["nirv"] = np.where(keep, nirv, np.nan)
     return Points(lat=lat, lon=lon, values=values, n_read=int(sif.size),
                   n_rejected=int((~keep).sum()))
 
@@ -94,8 +111,13 @@ def _open_l3(url: str, variable: str) -> xr.Dataset:
         )
     count = next((n for n in ("n", "N", "count", "n_obs") if n in ds), None)
     keep = {variable: "sif", **({count: "sif_count"} if count else {})}
-    out = ds[list(keep)].rename(keep)
-    _units_of(out["sif"].attrs, variable, url)  # raises when the file gives no units
+    out = _canonical_dims(ds[list(keep)].rename(keep))
+    units = _units_of(out["sif"].attrs, variable, url)  # raises when the file gives no units
+    where = f"{basename(url)} variable {variable!r}"
+    out["sif"] = screened(normalise(out["sif"], "sif", where=where), "sif", where=where,
+                          units=units)
+    for dim in ("lat", "lon"):
+        check_axis(out[dim].values, dim, basename(url))
     if count:
         out["sif_count"].attrs["units"] = "1"
     for name in ("time", "Time"):
@@ -108,7 +130,18 @@ def _open_l3(url: str, variable: str) -> xr.Dataset:
             raise InputError(f"{basename(url)}: gridded file has no time dimension and no date "
                              "YYYY-MM-DD in its name; cannot place it in time.")
         out = out.expand_dims(time=[day])
-    return out
+    return check_file_axes(out, basename(url))
+
+
+def _no_shared_times(urls: list[str], parts: list[xr.Dataset]) -> None:
+    seen: dict[np.datetime64, str] = {}
+    for url, part in zip(urls, parts, strict=True):
+        for t in part["time"].values:
+            if t in seen:
+                raise InputError(f"gridded TROPOMI files {seen[t]} and {basename(url)} both hold "
+                                 f"time {pd.Timestamp(t)}; each time must appear in one file "
+                                 "only (two versions of one product?). Remove one.")
+            seen[t] = basename(url)
 
 
 def read_tropomi(paths: PathsLike, *, grid: GridLike = 0.5, freq: str = "8D",
@@ -151,6 +184,8 @@ def read_tropomi(paths: PathsLike, *, grid: GridLike = 0.5, freq: str = "8D",
                 f"{found}. Pass variable='SIF_743' or 'SIF_Corr_743'."
             )
         dates = {u: _l2b_date(u) for u in urls}
+        one_file_per_day({u: d for u, d in dates.items()
+                          if date_from_name(u, _DATE_PATTERNS) is not None}, "TROPOSIF L2B")
         reader = functools.partial(_read_l2b, variable=variable,
                                    max_cloud_fraction=max_cloud_fraction)
         names = ("sif", "nirv") if "PRODUCT/NIRv" in found else ("sif",)
@@ -162,10 +197,14 @@ def read_tropomi(paths: PathsLike, *, grid: GridLike = 0.5, freq: str = "8D",
             "binning": "mean of soundings per cell; files assigned to steps by their date",
         })
         return ds
-    from xgpp.io.harmonize import harmonize
-
-    cube = xr.concat([_open_l3(u, variable) for u in urls], dim="time",
-                     data_vars="all", coords="minimal", join="exact", compat="override")
+    parts = [_open_l3(u, variable) for u in urls]
+    _no_shared_times(urls, parts)
+    try:
+        cube = xr.concat(parts, dim="time", data_vars="all", coords="minimal", join="exact",
+                         compat="override")
+    except ValueError as err:
+        raise InputError(f"gridded TROPOMI files {[basename(u) for u in urls][:5]} do not share "
+                         f"one lat/lon grid, so they cannot be stacked in time: {err}") from err
     cube = cube.sortby("time")
     out = harmonize(cube, grid=target, freq=freq)
     out.attrs.update({"source": "TROPOMI gridded SIF", "source_variable": variable,
