@@ -142,8 +142,13 @@ def write_era5(path: Path, times: pd.DatetimeIndex, lat_desc: np.ndarray, lon_36
 
 
 def write_modis(path: Path, times: pd.DatetimeIndex, lat: np.ndarray, lon: np.ndarray,
-                fpar_raw: np.ndarray, lai_raw: np.ndarray) -> Path:
-    """MODIS MCD15A2H-style netCDF (AppEEARS): uint8 counts, scale_factor, _FillValue 255."""
+                fpar_raw: np.ndarray, lai_raw: np.ndarray,
+                scale: dict[str, float] | None = None) -> Path:
+    """MODIS MCD15A2H-style netCDF (AppEEARS): uint8 counts, scale_factor, _FillValue 255.
+
+    ``scale`` overrides the ``scale_factor`` attribute of ``Fpar_500m``/``Lai_500m``.
+    """
+    scale = {"Fpar_500m": 0.01, "Lai_500m": 0.1, **(scale or {})}
     with netCDF4.Dataset(path, "w") as nc:
         nc.createDimension("time", len(times))
         nc.createDimension("lat", len(lat))
@@ -153,10 +158,25 @@ def write_modis(path: Path, times: pd.DatetimeIndex, lat: np.ndarray, lon: np.nd
         t[:] = (times - pd.Timestamp("2000-01-01")).days.to_numpy()
         nc.createVariable("lat", "f8", ("lat",))[:] = lat
         nc.createVariable("lon", "f8", ("lon",))[:] = lon
-        for name, raw, scale in (("Fpar_500m", fpar_raw, 0.01), ("Lai_500m", lai_raw, 0.1)):
+        for name, raw in (("Fpar_500m", fpar_raw), ("Lai_500m", lai_raw)):
             v = nc.createVariable(name, "u1", ("time", "lat", "lon"), fill_value=np.uint8(255))
             v.set_auto_maskandscale(False)
-            v.scale_factor = scale
+            v.scale_factor = scale[name]
             v.add_offset = 0.0
             v[:] = raw
+    return path
+
+
+def write_troposif_l3(path: Path, times, lat: np.ndarray, lon: np.ndarray, sif: np.ndarray,
+                      count: np.ndarray | None = None,
+                      sif_units: str | None = "mW m-2 sr-1 nm-1") -> Path:
+    """Gridded TROPOSIF-style L3 netCDF: ``SIF_Corr_743`` and ``n`` on (time, lat, lon)."""
+    attrs = {"units": sif_units} if sif_units is not None else {}
+    data = {"SIF_Corr_743": (("time", "lat", "lon"), np.asarray(sif, dtype="f4"), attrs)}
+    if count is not None:
+        data["n"] = (("time", "lat", "lon"), np.asarray(count, dtype="i4"))
+    import xarray as xr
+
+    xr.Dataset(data, coords={"time": pd.DatetimeIndex(times).values, "lat": lat,
+                             "lon": lon}).to_netcdf(path)
     return path

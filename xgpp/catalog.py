@@ -58,7 +58,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xgpp.errors import InputError, MissingDependencyError, NotFoundError, UnknownOptionError
+from xgpp.errors import (
+    CorruptChunkError,
+    InputError,
+    MissingDependencyError,
+    NotFoundError,
+    UnknownOptionError,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
@@ -833,7 +839,7 @@ def _probe_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
         fs, root = fsspec.core.url_to_fs(url, **storage_options)
         root = root.rstrip("/")
         try:
-            meta = json.loads(fs.cat_file(f"{root}/zarr.json"))
+            raw = fs.cat_file(f"{root}/zarr.json")
         except FileNotFoundError:
             if fs.exists(f"{root}/.zmetadata"):
                 return True
@@ -856,6 +862,15 @@ def _probe_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
             f"cannot read the Zarr store at {url} ({type(err).__name__}: {err}). Check that the "
             "endpoint is reachable and the storage_options (endpoint_url, key/secret, anon, "
             "token) are right."
+        ) from err
+    try:
+        meta = json.loads(raw)
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CorruptChunkError(
+            f"the Zarr store at {url} has a damaged zarr.json (group metadata): {err}. "
+            "Restore it from a copy or re-write the store."
         ) from err
     if meta.get("node_type") != "group":
         raise InputError(

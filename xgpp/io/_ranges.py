@@ -24,15 +24,28 @@ __all__ = ["likely_slip", "screen", "screened"]
 
 
 def likely_slip(median: float, name: str) -> UnitSlip | None:
-    """The first unit mistake of :data:`~xgpp.variables.UNIT_SLIPS` that puts ``median`` in bounds."""
+    """The unit mistake of :data:`~xgpp.variables.UNIT_SLIPS` that best explains ``median``.
+
+    A slip that, undone, puts ``median`` inside the variable's ``bounds``: the first such slip
+    specific to the variable's unit (kelvin labelled degC), else, of the generic factors, the
+    one that puts it nearest the middle of the bounds; None when none does.
+    """
     var = get_variable(name)
     lo, hi = var.bounds
+    generic = []
     for slip in UNIT_SLIPS:
         if slip.units is not None and var.units not in slip.units:
             continue
-        if lo <= median * slip.scale + slip.offset <= hi:
-            return slip
-    return None
+        fixed = median * slip.scale + slip.offset
+        if lo <= fixed <= hi:
+            if slip.units is not None:
+                return slip
+            generic.append((abs(fixed - (lo + hi) / 2), slip))
+    return min(generic, key=lambda f: f[0])[1] if generic else None
+
+
+def _u(units: str) -> str:
+    return "" if units == "1" else f" {units}"
 
 
 def _refuse_median(finite: np.ndarray, name: str, where: str, units: str | None) -> None:
@@ -46,11 +59,11 @@ def _refuse_median(finite: np.ndarray, name: str, where: str, units: str | None)
     slip = likely_slip(median, name)
     found = f" (converted from the file's units {units!r})" if units else ""
     hint = (f"They look like {slip.label}: corrected, the median would be "
-            f"{median * slip.scale + slip.offset:.4g} {var.units}."
+            f"{median * slip.scale + slip.offset:.4g}{_u(var.units)}."
             if slip else "No common unit mistake explains it.")
     raise UnitError(
-        f"{where}: {name} ({var.long_name}) has median {median:.4g} {var.units}{found}, outside "
-        f"the plausible range {lo:g}..{hi:g} {var.units}; the data are not in the unit their "
+        f"{where}: {name} ({var.long_name}) has median {median:.4g}{_u(var.units)}{found}, "
+        f"outside the plausible range {lo:g}..{hi:g}{_u(var.units)}; the data are not in the unit their "
         f"'units' attribute says. {hint} Fix the file's 'units' attribute (or the data)."
     )
 
@@ -92,7 +105,7 @@ def _check_block(block: np.ndarray, name: str, scale: float, offset: float, wher
         example = values[bad].flat[0]
         raise InputError(
             f"{where}: {name} has {int(bad.sum())} of {values.size} value(s) outside the "
-            f"physically possible range {lo:g}..{hi:g} {var.units} (e.g. {example:.4g}); the "
+            f"physically possible range {lo:g}..{hi:g}{_u(var.units)} (e.g. {example:.4g}); the "
             "file is damaged or mislabelled. Mask them (the variable's _FillValue) or "
             "re-download the file."
         )
