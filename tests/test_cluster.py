@@ -30,11 +30,6 @@ def _compute_sum(client) -> float:
 # --------------------------------------------------------------------------- registry, resolution
 
 
-def test_all_names_exist():
-    for name in cluster_mod.__all__:
-        assert hasattr(cluster_mod, name), name
-
-
 def test_gateway_without_address_says_how_to_set_it(monkeypatch):
     pytest.importorskip("dask_gateway")
     import dask
@@ -44,16 +39,39 @@ def test_gateway_without_address_says_how_to_set_it(monkeypatch):
             GatewayBackend().start()
 
 
-def test_public_entry_point_is_callable_module():
-    assert xgpp.cluster is cluster_mod
-    assert callable(xgpp.cluster)
+def test_public_entry_point_is_the_module():
+    assert xgpp.cluster is cluster_mod  # calling it is tested in test_public_api
 
 
 @pytest.mark.parametrize("cls", [LocalBackend, CUDABackend, GatewayBackend, AddressBackend])
-def test_every_backend_satisfies_protocol_and_is_registered(cls):
-    assert BACKENDS[cls.kind] is cls
+def test_every_backend_is_registered_and_closes_safely_before_start(cls):
+    """The ClusterBackend contract: registered under its kind, ``close`` safe before ``start``."""
+    import dask
+
+    assert set(BACKENDS) == {"local", "cuda", "gateway", "address"}
+    assert BACKENDS[cls.kind] is cls and resolve_kind(cls.kind) == (cls.kind, {})
+    for method in ("start", "close"):
+        assert callable(getattr(cls, method)) and method in vars(ClusterBackend)
+    before = dask.config.get("distributed.nanny.pre-spawn-environ", None)
     instance = cls(address="tcp://127.0.0.1:1") if cls is AddressBackend else cls()
-    assert isinstance(instance, ClusterBackend)
+    assert instance.client is None and instance.cluster is None
+    instance.close()
+    instance.close()  # twice is fine too
+    assert instance.client is None and instance.cluster is None
+    assert dask.config.get("distributed.nanny.pre-spawn-environ", None) == before
+
+
+def test_close_after_a_failed_start_releases_everything():
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    backend = AddressBackend(address=address, timeout=1)
+    with pytest.raises(ConnectionError, match=rf"no Dask scheduler answered at '{address}'"):
+        backend.start()
+    backend.close()
+    assert backend.client is None and backend.cluster is None
 
 
 @pytest.mark.parametrize(
@@ -112,7 +130,14 @@ def test_local_sizing_and_worker_environment():
     assert LocalBackend(env={"OMP_NUM_THREADS": 7}).env["OMP_NUM_THREADS"] == "7"
 
 
-def test_local_cluster_computes_with_worker_environment():
+def test_local_cluster_computes_with_worker_environment(monkeypatch):
+    import dask
+
+    # distributed lets a variable already set in this process's environment win over
+    # pre-spawn-environ (nanny._get_env_variables), so run as a shell without them would
+    for name in ("OMP_NUM_THREADS", "MALLOC_MMAP_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    before = dask.config.get("distributed.nanny.pre-spawn-environ", None)
     with xgpp.cluster("local", n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
         assert _compute_sum(client) == float(np.arange(1000).sum())
 
@@ -131,6 +156,8 @@ def test_local_cluster_computes_with_worker_environment():
         cluster = client.cluster
     assert client.status == "closed"
     assert cluster.status.name == "closed"
+    # the worker environment was set for this cluster only
+    assert dask.config.get("distributed.nanny.pre-spawn-environ", None) == before
 
 
 def test_local_cluster_closes_when_body_raises():

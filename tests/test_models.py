@@ -30,10 +30,28 @@ def chunk():
     return twin().drivers.isel(time=slice(40, 43)).compute()
 
 
-def test_models_satisfy_the_protocol():
-    assert isinstance(trained("siftml"), Model)
-    assert isinstance(trained("sif-only"), Model)
-    assert isinstance(PModelBaseline(), Model)
+@pytest.mark.parametrize("kind", ["siftml", "sif-only", "pmodel"])
+def test_every_model_keeps_the_model_contract(kind):
+    """What xgpp.predict relies on, for a network, a SIF-slope model and the P-model."""
+    from xgpp.errors import NotFoundError
+
+    m = PModelBaseline() if kind == "pmodel" else trained(kind)
+    for member in ("features", "predict_numpy", "check", "save"):
+        assert member in vars(Model) and callable(getattr(m, member)), member
+    assert set(m.input_units) == set(m.inputs) and len(m.inputs) == len(set(m.inputs))
+    assert m.outputs and all(set(a) == {"units", "long_name"} for a in m.outputs.values())
+    assert m.outputs["gpp"]["units"] == "gC m-2 d-1"
+    ds = chunk()
+    m.check(ds)
+    with pytest.raises(NotFoundError, match=rf"no variable '{m.inputs[0]}'"):
+        m.check(ds.drop_vars(m.inputs[0]))
+    x, ok = m.features(ds, return_mask=True)
+    assert ok.shape == (ds.sizes["time"] * ds.sizes["lat"] * ds.sizes["lon"],)
+    assert x.dtype == np.float32 and len(x) == ok.sum() > 0
+    y = m.predict_numpy(x)
+    assert y.shape == (len(x), len(m.outputs)) and y.dtype == np.float32
+    gpp = y[:, list(m.outputs).index("gpp")]
+    assert np.isfinite(gpp).all() and (gpp >= 0).all() and gpp.max() > 0
 
 
 def test_bundle_exposes_inputs_units_outputs_and_provenance():

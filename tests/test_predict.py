@@ -250,7 +250,8 @@ def test_resume_after_kill_gives_identical_store(tmp_path, world, drivers, model
 
 
 def test_predict_on_local_cluster_matches(drivers, model, reference):
-    with xgpp.cluster("local", n_workers=1, threads_per_worker=2) as client:
+    with xgpp.cluster("local", n_workers=1, threads_per_worker=2,
+                      dashboard_address=":0") as client:
         got = client.compute(drivers.gpp.predict(model)["gpp"].data).result()
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5, equal_nan=True)
 

@@ -95,7 +95,7 @@ def test_prediction_survives_a_killed_worker(tmp_path, cube):
 
     url = str(tmp_path / "killed.zarr")
     with xgpp.cluster("local", n_workers=2, threads_per_worker=1,
-                      memory_limit="1GiB") as client:
+                      memory_limit="1GiB", dashboard_address=":0") as client:
         client.run(_slow_kernel, 0.2)
         pids = client.run(os.getpid)
         victim = sorted(pids.values())[0]

@@ -298,10 +298,11 @@ def test_batches_have_the_documented_keys_dtypes_and_shapes():
     dtypes = {"x": np.float32, "sif": np.float32, "sif_mask": np.bool_,
               "sif_weight": np.float32, "gpp": np.float32, "gpp_mask": np.bool_,
               "igbp": np.int64}
-    for i, b in enumerate(batches):
+    sizes = [len(b["x"]) for b in batches]
+    assert len(sizes) > 1 and sizes[:-1] == [256] * (len(sizes) - 1), sizes  # only the last
+    assert 0 < sizes[-1] <= 256                                           # batch may be short
+    for b, n in zip(batches, sizes, strict=True):
         assert set(b) == set(BATCH_KEYS)
-        n = len(b["x"])
-        assert n == 256 or (i == len(batches) - 1 and 0 < n <= 256)
         assert b["x"].shape == (n, nf)
         for k, dt in dtypes.items():
             assert b[k].dtype == dt, k

@@ -72,7 +72,8 @@ def test_pretraining_lowers_sif_error():
     hist = m.provenance["history"]["pretrain"]
     # normalised MSE on held-out pixel blocks: predicting the mean scores ~1
     assert hist[-1]["val_loss"] < 0.3
-    assert hist[-1]["val_loss"] < hist[0]["val_loss"] or hist[0]["val_loss"] < 0.3
+    assert len(hist) >= 2 and hist[-1]["val_loss"] < hist[0]["val_loss"]  # (0.051 -> 0.033)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert m.provenance["sif_normalisation"]["std"] > 0
 
 

@@ -275,9 +275,12 @@ def test_multitask_comparison_writes_scores_and_pictures_and_resumes(tmp_path):
                                 "gpp_sites.rmse"}
     assert "sif_tracks.r2" not in rows["single-task-gpp"]
     assert 0.0 < rows["moe"]["sif_tracks.r2"]["mean"] <= 1.0
-    for name in ("sif_moe.png", "gates_moe.png", "results.json", "summary.json"):
-        assert (tmp_path / name).stat().st_size > 1000 or name.endswith(".json")
+    for name in ("sif_moe.png", "gates_moe.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000, name
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     first = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["method"] for r in first) == sorted(rows)  # one seed: one run per method
     again = run_multitask_comparison(str(tmp_path), **kw)  # bundles reused, same scores
     assert again == summary
     assert [r["model"] for r in json.loads((tmp_path / "results.json").read_text())] == [
