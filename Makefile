@@ -31,12 +31,13 @@ $(VENV)/.installed-docs: $(VENV)/.torch pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/xgpp demo
 
-test: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check xgpp tests benchmarks
+# `make test` lints first (ruff, then mypy with pyproject's [tool.mypy]): .ci/run calls it.
+test: lint
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check xgpp tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/predict.py
