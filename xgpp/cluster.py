@@ -266,9 +266,9 @@ class LocalBackend(_ClientBackend):
         from distributed.deploy.utils import nprocesses_nthreads
 
         cores = available_cores()
-        if n_workers is None and threads_per_worker is None:
-            return nprocesses_nthreads(cores)
         if n_workers is None:
+            if threads_per_worker is None:
+                return nprocesses_nthreads(cores)
             return max(1, cores // threads_per_worker), threads_per_worker
         if threads_per_worker is None:
             return n_workers, max(1, cores // n_workers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import dask
 import numpy as np
 import xarray as xr
@@ -170,7 +172,7 @@ def moment_scores(m: xr.Dataset, weights: xr.DataArray | np.ndarray | None = Non
 
 
 def _coslat(lat: xr.DataArray) -> xr.DataArray:
-    return np.cos(np.deg2rad(lat)).clip(0.0, None)
+    return cast(xr.DataArray, np.cos(np.deg2rad(lat)).clip(0.0, None))
 
 
 def field_report(pred: xr.DataArray, truth: xr.DataArray, igbp: xr.DataArray | None = None,

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -137,7 +138,8 @@ def plot_maps(pred: xr.DataArray, truth: xr.DataArray | None, path: str | Path,
     vmax = float(np.nanpercentile(mean_p.values, 99)) or 1.0
     for ax, (name, arr, cmap) in zip(axes[0], panels, strict=True):
         lim = ({"vmin": -vmax / 3, "vmax": vmax / 3} if cmap == "RdBu_r" else {"vmin": 0, "vmax": vmax})
-        arr.plot(ax=ax, cmap=cmap, cbar_kwargs={"label": "gC m-2 d-1"}, **lim)
+        style: dict[str, Any] = {"cmap": cmap, "cbar_kwargs": {"label": "gC m-2 d-1"}, **lim}
+        arr.plot(ax=ax, **style)
         ax.set_title(f"{title}: {name}")
     return _save(fig, path)
 
@@ -170,7 +172,7 @@ def plot_sif_reconstruction(pred: xr.DataArray, tracks: xr.DataArray, path: str 
     vmax = float(np.nanpercentile(np.asarray(pred.values), 99)) or 1.0
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.2), squeeze=False)
     for ax, (name, arr) in zip(axes[0], panels, strict=True):
-        arr.plot(ax=ax, cmap="YlGn", vmin=0, vmax=vmax,
+        arr.plot(ax=ax, cmap="YlGn", vmin=0, vmax=vmax,  # type: ignore[call-arg]  # (xarray)
                  cbar_kwargs={"label": "SIF [mW m-2 nm-1 sr-1]"})
         ax.set_title(f"{title}: {name}")
     return _save(fig, path)
@@ -342,9 +344,9 @@ def plot_mean_maps(means: Mapping[str, xr.DataArray], truth: xr.DataArray, path:
                     eax.text(0.5, 0.5, "error = method − truth\n(maps in this row)",
                              ha="center", va="center", transform=eax.transAxes, color="0.35")
                     continue
-                err = errors[name]
-                err_mesh = _draw_map(eax, err, cmap=err_cmap, norm=err_norm)
-                bias, rmse = _area_mean(err), math.sqrt(_area_mean(err**2))
+                diff = errors[name]
+                err_mesh = _draw_map(eax, diff, cmap=err_cmap, norm=err_norm)
+                bias, rmse = _area_mean(diff), math.sqrt(_area_mean(diff**2))
                 eax.set_title(f"{name} − truth  (bias {round(bias, 2) + 0.0:+.2f}, "
                               f"RMSE {rmse:.2f})")
             fig.colorbar(mean_mesh, cax=row_mean[-1], extend="max", label=f"GPP [{units}]")

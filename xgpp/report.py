@@ -185,7 +185,7 @@ def markdown_to_html(text: str, *, heading_offset: int = 2) -> str:
             if para or (items and kind != new_kind):
                 flush()
             kind = new_kind
-            items.append((bullet or number).group(1))
+            items.append((bullet or number).group(1))  # type: ignore[union-attr]  # (elif)
         elif items and line[:1].isspace():
             items[-1] += " " + line.strip()
         else:

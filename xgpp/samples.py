@@ -22,7 +22,7 @@ import queue
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -269,10 +269,10 @@ def site_samples(drivers: xr.Dataset, sites: xr.Dataset, *,
         "igbp_code": ("sample", codes[si]),
         "cell_lat": ("sample", glat[iy[si]]), "cell_lon": ("sample", glon[ix[si]]),
     }
-    out = xr.Dataset(data, coords=coords)
-    out.attrs["exclusions"] = json.dumps(exclusions)
-    out.attrs["window"] = window
-    return out
+    samples = xr.Dataset(data, coords=coords)
+    samples.attrs["exclusions"] = json.dumps(exclusions)
+    samples.attrs["window"] = window
+    return samples
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def put_until_stopped(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     return False
 
 
-def background_items(produce: Any, *, name: str, maxsize: int) -> Iterator[Any]:
+def background_items(produce: Any, *, name: str, maxsize: int) -> Generator[Any, None, None]:
     """Run ``produce(q, stop)`` in a daemon thread and yield what it puts on ``q``.
 
     The producer ends with :data:`_STOP` or forwards an exception (raised here).  Closing the
@@ -504,9 +504,10 @@ class GridSamples:
         self.generators = []
         segments = []
         for d in ("time", "lat", "lon"):
-            n, c = ds.sizes[d], min(chunks[d], ds.sizes[d])
-            body = (n // c) * c
-            segs = [(slice(0, body), c)] + ([(slice(body, n), n - body)] if body < n else [])
+            size, step = ds.sizes[d], min(chunks[d], ds.sizes[d])
+            body = (size // step) * step
+            segs = [(slice(0, body), step)] + ([(slice(body, size), size - body)] if body < size
+                                               else [])
             segments.append([(d, s, size) for s, size in segs])
         for combo in itertools.product(*segments):
             region = ds.isel({d: s for d, s, _ in combo})

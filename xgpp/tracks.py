@@ -326,7 +326,7 @@ class TrackIndex:
                                               else str(self.window.start),
                                               None if self.window.stop is None
                                               else str(self.window.stop)]
-        steps = self.time[self.steps] if len(self.steps) else []
+        steps: Any = self.time[self.steps] if len(self.steps) else []
         return {
             "product": self.product, "var": self.var, "window": w,
             "time_range": [_day(steps[0]), _day(steps[-1])] if len(steps) else None,

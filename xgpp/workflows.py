@@ -216,8 +216,8 @@ def multitask_scores(model: Any, *, drivers: xr.Dataset, sites: xr.Dataset, sif:
                             "n_sites": len(test)}
     if "sif" in cols and track_spec is not None:
         index = TrackIndex.build(sif, drivers, var=var)
-        splitter, k = parse_track_split(track_spec)
-        fold = splitter.fold(index, drivers["lat"].values, drivers["lon"].values, k)
+        track_splitter, k = parse_track_split(track_spec)
+        fold = track_splitter.fold(index, drivers["lat"].values, drivers["lon"].values, k)
         stream = MixedSamples(drivers, sif, model.spec, index, use=fold.test,
                               proportions=(1.0, 0.0, 0.0), var=var, seed=0)
         a = stream.track_arrays(fold.test, max_samples=max_soundings)

@@ -105,7 +105,7 @@ class ExperimentConfig:
     @classmethod
     def quick_config(cls, **changes: Any) -> ExperimentConfig:
         """The ``--quick`` experiment: 5 degree, 2017-2020, one seed, tiny networks."""
-        base = dict(worlds=("default",), resolution=5.0, years=4, seeds=(0,),
+        base: dict[str, Any] = dict(worlds=("default",), resolution=5.0, years=4, seeds=(0,),
                     splits=("site-kfold:k=4", "igbp", "blocks:block=30,buffer=0,k=4"),
                     variant_splits=(), tracks="tracks:k=4", sif_scales=(0.5, 1.0, 2.0),
                     train=QUICK_TRAIN, parallel=2, site_series=3, pairs=20_000, quick=True)
@@ -125,8 +125,9 @@ class ExperimentConfig:
             raise UnknownOptionError(f"unknown ExperimentConfig field(s) {sorted(unknown)}; known: "
                             f"{sorted(known)}")
         tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
-        return cls(**{k: (tuple(v) if k in tuples and v is not None else v)
-                      for k, v in d.items()})
+        args: dict[str, Any] = {k: (tuple(v) if k in tuples and v is not None else v)
+                                for k, v in d.items()}
+        return cls(**args)
 
     @classmethod
     def from_file(cls, path: str) -> ExperimentConfig:

@@ -75,8 +75,8 @@ def make_figures(root: Path, cfg: ExperimentConfig, runs: list[Run], results: li
     ref = _open(root / "reference" / f"{first}.nc")
     period = f"{cfg.end_year - cfg.years + 1}-{cfg.end_year}"
     chosen = _pick(runs, results, rows, first, kind, seed)
-    reduced = {m: _open(root / "runs" / r.id / "reduced.nc") for m, (r, _) in chosen.items()}
-    reduced = {m: d for m, d in reduced.items() if d is not None}
+    opened = {m: _open(root / "runs" / r.id / "reduced.nc") for m, (r, _) in chosen.items()}
+    reduced = {m: d for m, d in opened.items() if d is not None}
     out: list[FigureOut] = []
 
     def add(key: str, path: Path, caption: str) -> None:

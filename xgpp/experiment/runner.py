@@ -66,7 +66,7 @@ def reference(name: str, catalog: str, root: Path, *, pairs: int = 0) -> dict[st
     cat = open_catalog(catalog)
     truth, drivers = open_cube("truth", catalog=cat), open_cube("drivers", catalog=cat)
     gpp = truth["gpp"]
-    lazy = {"totals": annual_totals(gpp), "mean": gpp.mean("time")}
+    lazy: dict[str, Any] = {"totals": annual_totals(gpp), "mean": gpp.mean("time")}
     if "gpp_ceiling" in truth:
         lazy["ceiling"] = pixel_moments(truth["gpp_ceiling"], gpp)
         lazy["ceiling_totals"] = annual_totals(truth["gpp_ceiling"])

@@ -20,7 +20,7 @@ __all__ = ["flatten", "select_variants", "summarise", "write_outputs"]
 HEADLINE = ("pmodel", "ec-only", "sif-only", "siftml", "siftml-selected", "moe")
 
 #: flat metric columns: name -> (path into a result record, format)
-COLUMNS: dict[str, tuple[tuple[str, ...], str]] = {
+COLUMNS: dict[str, tuple[tuple[str | int, ...], str]] = {
     "field_r2": (("field", "overall", "r2"), ".3f"),
     "field_rmse": (("field", "overall", "rmse"), ".2f"),
     "field_bias": (("field", "overall", "bias"), "+.2f"),

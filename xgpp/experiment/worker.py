@@ -99,6 +99,7 @@ def execute(task: dict) -> dict:
     t_train = time.perf_counter() - t0
     # held-out sites of the split's site part, rebuilt as training built them
     site_spec, _ = split_parts(run["split"])
+    assert site_spec is not None, f"run {run['split']!r} has no site split"  # plan_runs gives one
     splitter, k = parse_split(site_spec)
     fold = splitter.folds(sites)[k]
     test = sites.sel(site=list(fold.test))

@@ -96,6 +96,10 @@ class SIFLinear(nn.Module):
     weights.
     """
 
+    sif_mean: torch.Tensor  # buffers (registered in __init__)
+    sif_std: torch.Tensor
+    slopes: torch.Tensor
+
     def __init__(self, base: nn.Module, spec: FeatureSpec, *, with_sif: bool = False) -> None:
         super().__init__()
         self.base = base
@@ -206,7 +210,7 @@ class PModelBaseline:
         x = np.stack([np.asarray(cols[n], np.float32) for n in self.inputs], axis=1)
         if not return_mask:
             return x
-        valid = np.isfinite(x).all(axis=1)
+        valid = np.asarray(np.isfinite(x).all(axis=1))
         return x[valid], valid
 
     def predict_numpy(self, features: np.ndarray, *, device: str = "cpu",

@@ -265,7 +265,8 @@ class FeatureSpec:
     @property
     def embed_column(self) -> int | None:
         """Column of the IGBP class index fed to an embedding (``igbp="embedding"``), or None."""
-        return self.igbp_slice[0] if self.config.igbp == "embedding" else None
+        sl = self.igbp_slice
+        return sl[0] if self.config.igbp == "embedding" and sl is not None else None
 
     # ---- the kernel
     def valid_mask(self, cols: dict[str, np.ndarray]) -> np.ndarray:

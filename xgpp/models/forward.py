@@ -67,6 +67,7 @@ def _forward_cuda(module: nn.Module, x: np.ndarray, bs: int, n_out: int,
     with torch.inference_mode(), _autocast("cuda", precision), torch.cuda.stream(compute):
         nxt = upload(0) if n else None
         for i in range(0, n, bs):
+            assert nxt is not None  # uploaded before the loop (n > 0) or by the last step
             xb, ready = nxt
             compute.wait_event(ready)
             xb.record_stream(compute)  # xb was allocated on the side stream

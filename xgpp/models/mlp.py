@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -140,7 +140,10 @@ class MLP(nn.Module):
         return params
 
 
-def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def init_parameters(module: _M, generator: torch.Generator) -> _M:
     """Initialise every ``Linear`` and ``Embedding`` of ``module`` in place from ``generator``.
 
     The same distributions as torch's defaults (``Linear``: Kaiming-uniform weights with
@@ -163,7 +166,7 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
     return module
 
 
-def build_seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+def build_seeded(factory: Callable[[], _M], seed: int) -> _M:
     """``factory()`` built on the CPU with weights from a local generator seeded by ``seed``.
 
     The module is constructed on the ``meta`` device (no random draw), materialised on the CPU

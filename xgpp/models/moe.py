@@ -335,6 +335,7 @@ class GateStats:
         if self._sum is None:
             self._sum, self._entropy = s, ent
         else:
+            assert self._entropy is not None  # set together with _sum
             self._sum = self._sum + s.to(self._sum.device)
             self._entropy = self._entropy + ent.to(self._entropy.device)
         self.n += int(g.shape[1])
@@ -355,7 +356,7 @@ class GateStats:
         ValueError
             If no sample has been accumulated.
         """
-        if self._sum is None or self.n == 0:
+        if self._sum is None or self._entropy is None or self.n == 0:
             raise InputError("GateStats has no samples; call update(gates) first.")
         mean = (self._sum / self.n).cpu().numpy()
         sample_entropy = (self._entropy / self.n).cpu().numpy()

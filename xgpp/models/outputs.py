@@ -45,6 +45,10 @@ class NonNegative(nn.Module):
         Softplus ``beta`` in physical units.
     """
 
+    scale: torch.Tensor   # buffers (registered in __init__)
+    offset: torch.Tensor
+    mask: torch.Tensor
+
     def __init__(self, inner: nn.Module, scale: Sequence[float], offset: Sequence[float],
                  columns: Sequence[int], sharpness: float = DEFAULT_SHARPNESS) -> None:
         super().__init__()
@@ -76,7 +80,7 @@ class NonNegative(nn.Module):
 
     def forward_with_gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For mixture-of-experts modules: constrained outputs and the gate weights."""
-        out, gates = self.inner.forward_with_gates(x)
+        out, gates = self.inner.forward_with_gates(x)  # type: ignore[operator]  # (nn.Module)
         return self.constrain(out), gates
 
     def record(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class Architecture:
 
     kind: str
     build: Callable[[dict[str, Any]], Any]
-    config: type | None = None
+    config: Any = None
     description: str = ""
 
 

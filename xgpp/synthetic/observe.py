@@ -139,7 +139,7 @@ def observe_oco2(state: dict[str, np.ndarray], times: Times, lat: np.ndarray, lo
         inside = (jl >= 0) & (jl < nlon) & (np.abs(lat)[None, None, :] < 80.0)
         d, o, i = np.nonzero(inside)
         np.add.at(crossings[ti], (i, jl[d, o, i]), 1.0)
-    crossings = crossings.reshape(len(times), -1)
+    crossings = crossings.reshape(len(times), -1)  # type: ignore[assignment]  # (steps, cells)
     per_track = 8.0 * res * 111.0 / 2.25
     clear = np.clip(1.0 - state["cloud"], 0.0, 1.0)
     ilat = np.floor((lat + 90.0) / res).astype(np.int64)

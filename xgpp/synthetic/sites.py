@@ -14,7 +14,7 @@ __all__ = ["REGIONS", "place_sites", "site_gpp"]
 # Share of sites per region, approximating the FLUXNET2015 release (212 sites; Pastorello et al.
 # 2020, Sci. Data 7:225): dense in temperate North America and Europe, sparse in the tropics,
 # Africa and boreal Asia.  (name, country-code prefix, lat0, lat1, lon0, lon1, share)
-REGIONS = [
+REGIONS: list[tuple[str, str, float, float, float, float, float]] = [
     ("temperate North America", "US", 25, 55, -130, -60, 0.36),
     ("Europe", "EU", 35, 70, -10, 40, 0.30),
     ("East Asia", "CN", 20, 50, 100, 145, 0.08),
@@ -40,7 +40,10 @@ def place_sites(cfg: WorldConfig) -> dict[str, np.ndarray]:
     shares = np.array([r[-1] for r in REGIONS])
     counts = np.floor(shares * cfg.n_sites).astype(int)
     counts[np.argsort(-shares)[: cfg.n_sites - counts.sum()]] += 1
-    ids, lats, lons, codes = [], [], [], []
+    ids: list[str] = []
+    lats: list[float] = []
+    lons: list[float] = []
+    codes: list[str] = []
     for (_, cc, la0, la1, lo0, lo1, _), n in zip(REGIONS, counts, strict=True):
         if not cfg.tropical_sites:
             la0, la1 = (max(la0, 23.5), la1) if la1 > 23.5 else (la0, min(la1, -23.5))

@@ -138,7 +138,7 @@ def _store_tasks(fs: Any, root: str, url: str, name: str, ds: xr.Dataset, config
                      storage_options=opts or None)
     fs.makedirs(f"{root}/{PROGRESS_DIR}/{name}", exist_ok=True)
     marker = dask.delayed(_write_marker, pure=False)
-    region_opts = {"zarr_format": 3, "consolidated": False, "compute": False,
+    region_opts: dict[str, Any] = {"zarr_format": 3, "consolidated": False, "compute": False,
                    "storage_options": opts or None}
     tasks = []
     timed = [v for v in ds.data_vars if "time" in ds[v].dims]
@@ -152,7 +152,7 @@ def _store_tasks(fs: Any, root: str, url: str, name: str, ds: xr.Dataset, config
     static = [v for v in ds.data_vars if "time" not in ds[v].dims]
     if static and STATIC_SLAB not in done:
         sub = ds[static].drop_vars(list(ds[static].coords))
-        write = sub.to_zarr(store, region={d: slice(None) for d in sub.dims}, **region_opts)
+        write = sub.to_zarr(store, region={str(d): slice(None) for d in sub.dims}, **region_opts)
         tasks.append(marker(url, opts, _marker(root, name, STATIC_SLAB), run, write))
     return tasks
 

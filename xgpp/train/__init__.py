@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import xarray as xr
 
@@ -218,15 +218,18 @@ def train_from_catalog(catalog: str | os.PathLike | None, *, method: str = "sift
     from xgpp.catalog import open_catalog, open_cube
 
     record = get_method(method)
+    train_config: TrainConfig | dict | None
     if isinstance(config, str | os.PathLike):
         with open(config) as f:
-            config = json.load(f)
+            train_config = json.load(f)
+    else:
+        train_config = config
     sif_product = sif_product or record.sif_product
     cat = open_catalog(catalog, storage_options=storage_options)
     drivers = open_cube("drivers", catalog=cat)
     sites = open_cube("sites", catalog=cat) if record.needs_sites else None
-    sif = open_cube(sif_product, catalog=cat) if record.needs_sif else None
-    return train(drivers, sites=sites, sif=sif, method=method, split=split, config=config,
+    sif = open_cube(cast(str, sif_product), catalog=cat) if record.needs_sif else None
+    return train(drivers, sites=sites, sif=sif, method=method, split=split, config=train_config,
                  out=out, seed=seed, device=device, progress=progress,
                  storage_options=storage_options, cache_dir=cache_dir,
                  provenance={"catalog": str(catalog), "sif_product": sif_product})

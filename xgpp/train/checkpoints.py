@@ -26,7 +26,7 @@ class Checkpoints:
     def __init__(self, out: str | None, fingerprint: dict[str, Any],
                  storage_options: dict | None = None) -> None:
         self.enabled = out is not None
-        if not self.enabled:
+        if out is None:
             return
         self.fs, root = _fs(out, storage_options)
         self.root = f"{root.rstrip('/')}/checkpoints"

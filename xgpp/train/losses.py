@@ -113,8 +113,8 @@ class L2SP:
         """``(alpha / 2 ||w_shared - w0||^2, beta / 2 ||w_new||^2)`` as differentiable scalars."""
         params = [p for p, _ in self.shared] + self.new
         zero = params[0].new_zeros(()) if params else torch.zeros(())
-        sp = sum(((p - r) ** 2).sum() for p, r in self.shared) if self.shared else zero
-        new = sum((p ** 2).sum() for p in self.new) if self.new else zero
+        sp = sum((((p - r) ** 2).sum() for p, r in self.shared), zero)
+        new = sum(((p ** 2).sum() for p in self.new), zero)
         return 0.5 * self.alpha * sp, 0.5 * self.beta * new
 
     def __call__(self, base: Callable) -> Callable:

@@ -39,6 +39,12 @@ __all__ = ["Relation", "TrackData", "gate_forward", "multitask_loss", "prepare"]
 class Relation(nn.Module):
     """``GPP = a_k * SIF + b_k`` per IGBP class: fixed (fitted) or learnable within bounds."""
 
+    lo: torch.Tensor  # buffers and parameters (registered in __init__)
+    hi: torch.Tensor
+    theta: torch.Tensor
+    a_fixed: torch.Tensor
+    b: torch.Tensor
+
     def __init__(self, slope: np.ndarray, intercept: np.ndarray, *, learnable: bool) -> None:
         super().__init__()
         lo, hi = slope_bounds()
@@ -80,7 +86,7 @@ class WithRelation(nn.Module):
 
     def forward_with_gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's outputs and gate weights."""
-        return self.net.forward_with_gates(x)
+        return self.net.forward_with_gates(x)  # type: ignore[operator]  # (an nn.Module's)
 
 
 @dataclass
@@ -181,7 +187,7 @@ def prepare(ctx, *, relation: bool = True) -> TrackData:
     ctx.provenance["sif_normalisation"] = {"mean": s_mean, "std": s_std}
     ctx.provenance["tracks"] = {**index.summary(), "n_test": int(test.sum()),
                                 "n_validation": int(val.sum()), "n_fit": int(fit.sum())}
-    rel = (np.zeros(17), np.zeros(17), {})
+    rel: tuple[np.ndarray, np.ndarray, dict[str, Any]] = (np.zeros(17), np.zeros(17), {})
     if relation and mt.physics_weight > 0:
         sif_p, gpp_p, cls_p = _tower_pairs(ctx, index, test)
         try:
@@ -273,7 +279,7 @@ def site_only_batches(ctx, pc_rows: int | None, batch_size: int):
 
 def gate_forward(net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Outputs ``(n, tasks)`` and gate weights ``(n, tasks, experts)``."""
-    out, gates = net.forward_with_gates(batch["x"])
+    out, gates = net.forward_with_gates(batch["x"])  # type: ignore[operator]  # (nn.Module)
     return {"out": out, "gates": gates.transpose(0, 1)}
 
 
