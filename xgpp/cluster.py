@@ -68,10 +68,16 @@ MALLOC_TRIM_THRESHOLD = 256 * 1024 * 1024
 #: process already owns (measured on 2 cores with benchmarks/predict.py: LocalCluster prediction
 #: went from about 0.6-0.8 to about 1.0 of the threaded scheduler's throughput).
 MALLOC_TOP_PAD = 512 * 1024 * 1024
+#: Neither the retained heap nor the heap's growth step exceeds this share of a worker's memory
+#: limit.  A worker with torch loaded holds about 0.45 GiB before its first chunk; with a 1 GiB
+#: limit the full 256 + 512 MiB above held its RSS at about 0.82 GiB, past distributed's pause
+#: threshold (80 %), and the paused worker stalled a long prediction (benchmarks/soak.py).
+MALLOC_SHARE_OF_LIMIT = 1 / 16
 
 
 def worker_environment(
-    threads_per_worker: int, *, torch_threads: int | None = None
+    threads_per_worker: int, *, torch_threads: int | None = None,
+    memory_limit: int | None = None,
 ) -> dict[str, str]:
     """Environment set in each worker process before it starts.
 
@@ -82,6 +88,11 @@ def worker_environment(
     torch_threads : int, optional
         OpenMP/MKL threads (used by torch and numpy's BLAS) per worker; default
         ``threads_per_worker``, so ``n_workers * torch_threads`` matches the cores Dask uses.
+    memory_limit : int, optional
+        The worker's memory limit [bytes]: the retained heap (``MALLOC_TRIM_THRESHOLD_``) and
+        its growth step (``MALLOC_TOP_PAD_``) are capped at :data:`MALLOC_SHARE_OF_LIMIT` of
+        it, so a small worker is not pushed past distributed's pause threshold by memory it
+        has freed.  ``None``: no cap.
 
     Returns
     -------
@@ -89,10 +100,13 @@ def worker_environment(
         For the config key ``distributed.nanny.pre-spawn-environ``.
     """
     n = str(torch_threads or threads_per_worker)
+    cap = int(memory_limit * MALLOC_SHARE_OF_LIMIT) if memory_limit else None
+    trim, pad = ((MALLOC_TRIM_THRESHOLD, MALLOC_TOP_PAD) if cap is None else
+                 (min(MALLOC_TRIM_THRESHOLD, cap), min(MALLOC_TOP_PAD, cap)))
     return {
         "MALLOC_MMAP_THRESHOLD_": str(MALLOC_MMAP_THRESHOLD),
-        "MALLOC_TRIM_THRESHOLD_": str(MALLOC_TRIM_THRESHOLD),
-        "MALLOC_TOP_PAD_": str(MALLOC_TOP_PAD),
+        "MALLOC_TRIM_THRESHOLD_": str(trim),
+        "MALLOC_TOP_PAD_": str(pad),
         "OMP_NUM_THREADS": n,
         "MKL_NUM_THREADS": n,
         "OPENBLAS_NUM_THREADS": n,
@@ -255,10 +269,21 @@ class LocalBackend(_ClientBackend):
         self.processes = processes
         self.dashboard_address = dashboard_address
         self.env = {
-            **worker_environment(self.threads_per_worker, torch_threads=torch_threads),
+            **worker_environment(self.threads_per_worker, torch_threads=torch_threads,
+                                 memory_limit=self.worker_memory_bytes()),
             **{k: str(v) for k, v in (env or {}).items()},
         }
         self.cluster_kwargs = cluster_kwargs
+
+    def worker_memory_bytes(self) -> int | None:
+        """Each worker's memory limit [bytes] as ``LocalCluster`` will set it (None: none)."""
+        import logging
+
+        from distributed.worker_memory import parse_memory_limit
+
+        return parse_memory_limit(self.memory_limit, self.threads_per_worker,
+                                  self.n_workers * self.threads_per_worker,
+                                  logger=logging.getLogger("xgpp.cluster"))
 
     @staticmethod
     def sizing(n_workers: int | None, threads_per_worker: int | None) -> tuple[int, int]:
