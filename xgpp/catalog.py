@@ -64,6 +64,7 @@ from xgpp.errors import (
     MissingDependencyError,
     NotFoundError,
     UnknownOptionError,
+    XgppError,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -880,6 +881,39 @@ def _probe_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
     return meta.get("consolidated_metadata") is not None
 
 
+def _damaged_array(url: str, storage_options: Mapping[str, Any]) -> str:
+    """``"array 'time' (zarr.json or a chunk) is unreadable: "``, or ``""`` when none is found.
+
+    Called after a failed open only: reads each array's metadata, and 1-D arrays (coordinates)
+    whole, until one fails.
+    """
+    import fsspec
+    import zarr
+
+    try:
+        group = zarr.open_group(url, mode="r", storage_options=storage_options or None)
+        names = sorted(group.array_keys())
+    except Exception:  # noqa: BLE001 - a member's metadata is damaged: find which
+        try:
+            fs, root = fsspec.core.url_to_fs(url, **storage_options)
+            for meta in sorted(fs.glob(f"{root.rstrip('/')}/*/zarr.json")):
+                try:
+                    json.loads(fs.cat_file(meta))
+                except ValueError:
+                    return f"{meta.rsplit('/', 2)[-2]}/zarr.json is not valid JSON: "
+        except Exception:  # noqa: BLE001 - a courtesy: the caller reports the error anyway
+            pass
+        return ""
+    for name in names:
+        try:
+            arr = group[name]
+            if arr.ndim <= 1:
+                arr[...]
+        except Exception:  # noqa: BLE001
+            return f"array {name!r} ({name}/zarr.json or one of its chunks) is unreadable: "
+    return ""
+
+
 def _open_zarr(url: str, storage_options: Mapping[str, Any]) -> xr.Dataset:
     import xarray as xr
 
@@ -894,7 +928,16 @@ def _open_zarr(url: str, storage_options: Mapping[str, Any]) -> xr.Dataset:
                               "consolidated": consolidated}
     if options and "://" in url and not url.startswith("file://"):
         kwargs["storage_options"] = options
-    lazy = xr.open_dataset(url, **kwargs)
+    try:
+        lazy = xr.open_dataset(url, **kwargs)
+    except (OSError, ImportError, XgppError):
+        raise
+    except Exception as err:  # noqa: BLE001 - damaged metadata or coordinate chunks raise anything
+        raise CorruptChunkError(
+            f"the Zarr store at {url} cannot be opened: {_damaged_array(url, options)}"
+            f"{type(err).__name__}: {err}. Its metadata (zarr.json) or a coordinate chunk is "
+            "damaged; restore it from a copy or re-write the store."
+        ) from err
     v3 = any("serializer" in v.encoding for v in lazy.variables.values())  # v2 has no serializer
     local = url[len("file://"):] if url.startswith("file://") else (None if "://" in url else url)
     return _plain_strings(guarded_dataset(lazy, url, local_path=local,
