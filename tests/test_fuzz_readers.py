@@ -111,7 +111,9 @@ def _folder():
 
 def _read(reader: str, fn, *, sane: bool = True):
     """``fn()`` computed; (dataset or None, outcome); exceptions outside ALLOWED propagate."""
-    with warnings.catch_warnings():
+    # synchronous: after a failing task the threaded scheduler leaves others running, which
+    # would then touch libnetcdf while the next example writes its file (not thread-safe)
+    with warnings.catch_warnings(), dask.config.set(scheduler="synchronous"):
         warnings.simplefilter("ignore")  # warnings are not the property here
         try:
             ds = fn()
@@ -201,8 +203,7 @@ def _drop_pool() -> None:
 def _child_read(key: str, folder: str) -> dict:
     """In the worker process: read ``folder`` with ``CHILD_READS[key]``; the outcome."""
     try:
-        with dask.config.set(scheduler="synchronous"):
-            _, outcome = _read(key, lambda: CHILD_READS[key](Path(folder)))
+        _, outcome = _read(key, lambda: CHILD_READS[key](Path(folder)))
         return {"outcome": outcome}
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which fails
         return {"bad": f"{type(err).__name__}: {err}", "tb": traceback.format_exc()}
