@@ -1,307 +1,523 @@
-"""Benchmark of streaming inference against the ways users write it today (issue: ds.gpp.predict).
+"""Benchmark of streaming inference against its limits and the ways users write it today.
 
-All variants run in one process on the same twin-world driver cube (0.5 degree, 92 steps by
-default, chunks 46 x 90 x 90) and the same model (6-64-64-1 MLP).  Reports samples per second,
-the ratio to the bare limit (a), and peak memory of the process and its workers; (b) and (e)
-are repeated with the time axis doubled.  Besides the variants (a)-(e) of the issue it reports
-(a') the bare limit at the former 262 144-row batch, (f) the I/O floor (read the same inputs
-and write one output, no model) and the limit of model and I/O sharing the same cores, and a
-fresh process's peak memory (a user script: imports, scheduler, workers).
+Every row runs in one process on the same twin-world driver cube (0.5 degree, 92 steps by
+default, store chunks 46 x 90 x 90) with the models the training registry builds by default
+(:mod:`benchmarks._common`): ``xgpp train --method ec-only`` (31 features, 128-128-64 SiLU
+MLP behind the GPP floor; the reference model of every row), SIFTML (the same MLP,
+pre-trained on SIF) and the multi-task MoE.  Rates are given in **land samples** per second
+(valid rows fed to the model: every input finite, a known IGBP class) and in **pixels** per
+second (time x lat x lon, ocean included); both divide the same wall time.
 
-    python benchmarks/predict.py [--resolution 0.5] [--years 2] [--quick] [--device cpu]
+The three limits:
+
+(a) bare model     the model on the cube's feature rows already in memory, chunk by chunk;
+(f) I/O floor      read the model's time-varying inputs and write one float32 output with the
+                   prediction's codec, no model, on the same cluster;
+(g) raw codec      decode the same stored chunks and encode the output chunks with the stores'
+                   own codecs, in memory, a thread pool over chunks on all cores.
+
+(a) and (f) in series is the model-plus-I/O ceiling of a pipeline on the same cores.  The
+pipeline ``ds.gpp.predict(model).to_zarr`` on the default ``xgpp.cluster("local")`` is read
+as a ratio of that ceiling, and the I/O floor as a ratio of (g), each as the median of rounds
+that alternate the bare model (no cluster alive) and the raw codec limit with a fresh cluster
+(first run warms the workers; the second is timed, then the I/O floor).  Besides, the peers:
+(b) naive load-stack-predict-write, (c) xbatcher patches and per-pixel samples, (d) dask-ml
+``ParallelPostFit``; (e) the resumable writer, one worker of two threads, the threaded
+scheduler, the MoE, and a fresh process's peak memory; (b) and (e) with the record doubled
+(full mode only).
+
+    python benchmarks/predict.py [--quick] [--rounds 3] [--device cpu] [--skip-peers]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import shutil
+import statistics
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 import xarray as xr
 
-import xgpp
-from xgpp.models import MLP, OUTPUTS, FeatureConfig, FeatureSpec, MLPConfig, TorchModel
-from xgpp.synthetic import make_world
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import DATA, PeakMemory, default_model, describe, world  # noqa: E402
 
-DRIVERS6 = ("tair", "vpd", "ppfd", "fapar", "swc", "co2")
-DATA = Path(__file__).parent / "results" / "data"
+import xgpp  # noqa: E402
 
-
-class PeakMemory:
-    """Peak RSS [bytes] of this process (unless ``children_only``) plus its children, sampled
-    every 50 ms."""
-
-    def __init__(self, children_only: bool = False) -> None:
-        self.peak, self._stop = 0, threading.Event()
-        self.children_only = children_only
-
-    def _rss(self) -> int:
-        me = psutil.Process()
-        total = 0 if self.children_only else me.memory_info().rss
-        for child in me.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def __enter__(self) -> PeakMemory:
-        self.base = self._rss()
-        self.peak = self.base
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
+OUT = DATA / "out"
 
 
-def cube(resolution: float, years: int) -> xr.Dataset:
-    path = DATA / f"drivers_{resolution}_{years}y.zarr"
-    if not (path / "zarr.json").exists():
-        w = make_world(resolution=resolution, start="2019-01-01", end=f"{2019 + years - 1}-12-31")
-        print(f"writing {path} ...", flush=True)
-        w.drivers[[*DRIVERS6, "igbp", "land_mask"]].to_zarr(path, mode="w", zarr_format=3,
-                                                           consolidated=False)
-    return xgpp.open_cube(str(path))
-
-
-def make_model(ds: xr.Dataset) -> TorchModel:
-    torch.manual_seed(0)
-    spec = FeatureSpec.fit(FeatureConfig(drivers=DRIVERS6, igbp=None, latlon=False,
-                                         elevation=False), ds)
-    net = MLPConfig(hidden=(64, 64), activation="relu")
-    return TorchModel(MLP(spec.n_features, 1, net), spec, outputs={"gpp": OUTPUTS["gpp"]},
-                      output_scale=[1.0], output_offset=[0.0], net=net)
+# ----------------------------------------------------------------------------- the cube
+def open_drivers(wpath: Path) -> xr.Dataset:
+    return xgpp.open_cube("drivers", catalog=str(wpath / "catalog.yaml"))
 
 
 def chunk_slices(ds: xr.Dataset):
+    """Integer slices of every dask chunk of ``ds`` (time, lat, lon)."""
     c = ds.chunks
-    edges = {d: np.concatenate([[0], np.cumsum(c[d])]) for d in ("time", "lat", "lon")}
-    for i in range(len(c["time"])):
-        for j in range(len(c["lat"])):
-            for k in range(len(c["lon"])):
-                yield {d: slice(int(edges[d][n]), int(edges[d][n + 1]))
-                       for d, n in zip(("time", "lat", "lon"), (i, j, k), strict=True)}
+    edges = {d: np.concatenate([[0], np.cumsum(c[d])]).astype(int) for d in ("time", "lat", "lon")}
+    for idx in itertools.product(*(range(len(c[d])) for d in ("time", "lat", "lon"))):
+        yield {d: slice(int(edges[d][n]), int(edges[d][n + 1]))
+               for d, n in zip(("time", "lat", "lon"), idx, strict=True)}
 
 
-def bench(name: str, fn, n: int, table: list, base: float | None = None, *,
-          children_only: bool = False) -> float:
-    with PeakMemory(children_only) as mem:
+def chunk_features(ds: xr.Dataset, model) -> list[np.ndarray]:
+    """The model's feature rows of every chunk (valid rows only), as the kernel builds them."""
+    out = []
+    for sl in chunk_slices(ds):
+        x, _ = model.features(ds[list(model.inputs)].isel(sl).compute(), return_mask=True)
+        out.append(x)
+    return out
+
+
+# ----------------------------------------------------------------------------- the table
+class Table:
+    """Rows of (variant, seconds, land samples, pixels, peak bytes); printed as they come."""
+
+    def __init__(self, n_land: int, n_pix: int) -> None:
+        self.n_land, self.n_pix = n_land, n_pix
+        self.rows: list[tuple[str, float, float, float, float]] = []
+        self.base: float | None = None
+
+    def add(self, name: str, seconds: float, peak: float = float("nan"), *, scale: float = 1.0,
+            derived: bool = False) -> float:
+        land, pix = scale * self.n_land / seconds, scale * self.n_pix / seconds
+        if self.base is None:
+            self.base = land
+        self.rows.append((name, land, pix, land / self.base, peak, derived))
+        mem = "" if np.isnan(peak) else f"  peak {peak / 2**30:5.2f} GiB"
+        print(f"{name:<78s} {land / 1e6:8.3f} M land/s {pix / 1e6:8.3f} M px/s "
+              f"{land / self.base:6.3f} x (a){mem}", flush=True)
+        return land
+
+    def run(self, name: str, fn, *, scale: float = 1.0, children_only: bool = False) -> float:
+        with PeakMemory(children_only) as mem:
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+        return self.add(name, dt, mem.peak, scale=scale)
+
+    def markdown(self) -> str:
+        lines = ["| variant | M land samples/s | M pixels/s | ratio to (a) | peak memory [GiB] |",
+                 "|---|---|---|---|---|"]
+        for name, land, pix, ratio, peak, _ in self.rows:
+            mem = "" if np.isnan(peak) else f"{peak / 2**30:.2f}"
+            lines.append(f"| {name} | {land / 1e6:.4g} | {pix / 1e6:.4g} | {ratio:.3g} | {mem} |")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the limits
+def bare(feats: list[np.ndarray], model, device: str, batch_size: int | None = None,
+         threads: int | None = None):
+    """The model on in-memory chunk rows: on a CPU ``threads`` (default: every core) threads
+    over chunks, one torch thread each (as the pipeline's workers run it); on a GPU in turn."""
+    n = 1 if device.startswith("cuda") else (threads or os.cpu_count() or 1)
+
+    def one(x: np.ndarray) -> None:
+        model.predict_numpy(x, device=device, batch_size=batch_size)
+
+    def fn() -> None:
+        saved = torch.get_num_threads()
+        torch.set_num_threads(1 if n > 1 else saved)
+        try:
+            with ThreadPoolExecutor(n) as pool:
+                list(pool.map(one, feats))
+        finally:
+            torch.set_num_threads(saved)
+    return fn
+
+
+def predict_to_zarr(ds: xr.Dataset, model, path: Path, device: str):
+    def fn() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        ds.gpp.predict(model, device=device).to_zarr(path, mode="w", zarr_format=3,
+                                                     consolidated=False)
+    return fn
+
+
+def io_floor(ds: xr.Dataset, varying: list[str], path: Path, like: Path):
+    """Read the time-varying inputs, write one float32 output with the codec of the
+    prediction store ``like`` (what ``predict().to_zarr`` wrote)."""
+    import zarr
+
+    compressors = zarr.open_array(str(like / "gpp"), mode="r").compressors
+
+    def fn() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        total = sum(ds[v] for v in varying).astype("float32").rename("gpp")
+        total.to_dataset().to_zarr(path, mode="w", zarr_format=3, consolidated=False,
+                                   encoding={"gpp": {"compressors": compressors}})
+    return fn
+
+
+_REF: dict = {}
+
+
+def _numcodec(codec):
+    """The numcodecs codec doing what a Zarr v3 compressor does (the stores' own settings)."""
+    import numcodecs
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    if isinstance(codec, ZstdCodec):
+        return numcodecs.Zstd(level=codec.level, checksum=codec.checksum)
+    if isinstance(codec, BloscCodec):
+        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(codec.shuffle.value)]
+        return numcodecs.Blosc(cname=str(codec.cname.value), clevel=codec.clevel,
+                               shuffle=shuffle, blocksize=codec.blocksize)
+    if isinstance(codec, GzipCodec):
+        return numcodecs.GZip(level=codec.level)
+    raise NotImplementedError(f"no numcodecs equivalent of {codec!r} in this benchmark")
+
+
+class CodecLimit:
+    """The raw codec limit: stored chunk bytes in memory, decoded with the input stores' codecs,
+    and output chunks encoded with the output store's codec, a thread pool over chunks."""
+
+    def __init__(self, drivers_store: Path, varying: list[str], output_store: Path) -> None:
+        import zarr
+
+        self.tasks = []
+        out = zarr.open_array(str(output_store / "gpp"), mode="r")
+        (enc,) = [_numcodec(c) for c in out.compressors]
+        self.encoder, self.out_codec = enc, out.compressors[0]
+        arrays = {v: zarr.open_array(str(drivers_store / v), mode="r") for v in varying}
+        decoders = {v: [_numcodec(c) for c in a.compressors] for v, a in arrays.items()}
+        self.in_codec = arrays[varying[0]].compressors[0]
+        grid = [range(-(-s // c)) for s, c in zip(out.shape, out.chunks, strict=True)]
+        self.nbytes = 0
+        for idx in itertools.product(*grid):
+            key = "c/" + "/".join(map(str, idx))
+            # chunks never written (all fill value: whole ocean) cost a reader nothing either
+            raws = [(decoders[v], arrays[v].dtype, (drivers_store / v / key).read_bytes())
+                    for v in varying if (drivers_store / v / key).exists()]
+            sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, out.chunks, strict=True))
+            self.tasks.append((raws, np.ascontiguousarray(out[sel])))
+            self.nbytes += sum(len(r) for _, _, r in raws)
+
+    def _one(self, task) -> int:
+        raws, y = task
+        for decs, dtype, raw in raws:
+            buf = raw
+            for d in reversed(decs):
+                buf = d.decode(buf)
+            np.frombuffer(buf, dtype)
+        return len(self.encoder.encode(y))
+
+    def __call__(self, threads: int | None = None) -> float:
+        with ThreadPoolExecutor(threads or os.cpu_count()) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(self._one, self.tasks))
+            return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- peers
+def naive(ds: xr.Dataset, model, path: Path, device: str):
+    def fn() -> None:
+        mem = ds[list(model.inputs)].compute()
+        x, valid = model.features(mem, return_mask=True)
+        y = np.full(valid.shape, np.nan, np.float32)
+        y[valid] = model.predict_numpy(x, device=device)[:, 0]
+        res = xr.Dataset({"gpp": (("time", "lat", "lon"), y.reshape(mem["tair"].shape))},
+                         coords={c: mem[c] for c in ("time", "lat", "lon")})
+        res.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+    return fn
+
+
+def dask_ml_predict(ds: xr.Dataset, model, path: Path, device: str):
+    """dask-ml ``ParallelPostFit`` on a 2-D dask array of the raw inputs (one column each),
+    the estimator featurising its rows with the model's own feature spec."""
+    import dask.array as da
+    from dask_ml.wrappers import ParallelPostFit
+
+    spec = model.spec
+    shape = ds["tair"].shape
+    names = list(spec.inputs)
+
+    class Est:
+        def fit(self, X, y=None):
+            return self
+
+        def predict(self, X):
+            cols = {n: X[:, i] for i, n in enumerate(names + ["lat", "lon"])}
+            out = np.full(len(X), np.nan, np.float32)
+            ok = spec.valid_mask(cols)
+            if ok.any():
+                x = spec.transform({k: v[ok] for k, v in cols.items()})
+                out[ok] = model.predict_numpy(x, device=device)[:, 0]
+            return out
+
+    def col(a):
+        return da.broadcast_to(a, shape).reshape(-1).astype(np.float32)
+
+    lat = da.from_array(ds["lat"].values[None, :, None].astype(np.float32))
+    lon = da.from_array(ds["lon"].values[None, None, :].astype(np.float32))
+    X = da.stack([col(ds[n].data) for n in names] + [col(lat), col(lon)], axis=1)
+    ppf = ParallelPostFit(Est())
+
+    def fn() -> None:
+        y = ppf.predict(X).reshape(shape)
+        da.to_zarr(y, str(path), overwrite=True)
+    return fn
+
+
+def xbatcher_patches(ds: xr.Dataset, model, device: str):
+    import xbatcher
+
+    sizes = ds["tair"].data.chunksize
+
+    def fn() -> None:
+        gen = xbatcher.BatchGenerator(ds[list(model.inputs)], input_dims=dict(
+            zip(("time", "lat", "lon"), sizes, strict=True)))
+        for batch in gen:
+            x, _ = model.features(batch, return_mask=True)
+            model.predict_numpy(x, device=device)
+    return fn
+
+
+def xbatcher_pixels(small: xr.Dataset, model, device: str):
+    import xbatcher
+
+    def fn() -> None:
+        gen = xbatcher.BatchGenerator(small, input_dims={"time": 1, "lat": 1, "lon": 1})
+        for batch in gen:
+            x, _ = model.features(batch, return_mask=True)
+            if x.shape[0]:
+                model.predict_numpy(x, device=device)
+    return fn
+
+
+# ----------------------------------------------------------------------------- rounds
+def rounds(args, table: Table, ds, model, feats, varying, kind: str) -> dict:
+    """Alternate the bare model and the codec limit (no cluster alive) with a fresh cluster:
+    its first run warms the workers, the second is timed, then the I/O floor."""
+    res: dict[str, list[float]] = {k: [] for k in ("bare", "pipe", "first", "floor", "codec",
+                                                    "ceiling", "r_pipe", "r_floor")}
+    path, fpath = OUT / "xgpp.zarr", OUT / "io.zarr"
+    codec = None
+    for r in range(args.rounds):
         t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-    rate = n / dt
-    table.append((name, rate, (rate / base) if base else 1.0, mem.peak / 2**30))
-    print(f"{name:<55s} {rate / 1e6:8.3f} M samples/s  {table[-1][2]:5.2f} x (a)  "
-          f"peak {mem.peak / 2**30:5.2f} GiB", flush=True)
-    return rate
+        bare(feats, model, args.device)()
+        b = table.n_land / (time.perf_counter() - t0)
+        with xgpp.cluster(kind) as client:
+            info = list(client.scheduler_info()["workers"].values())
+            sizing = f"{len(info)} workers x {info[0]['nthreads']} threads"
+            t0 = time.perf_counter()
+            predict_to_zarr(ds, model, path, args.device)()
+            first = table.n_land / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            predict_to_zarr(ds, model, path, args.device)()
+            p = table.n_land / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            io_floor(ds, varying, fpath, path)()
+            f = table.n_land / (time.perf_counter() - t0)
+        if codec is None:  # the stored input chunks and the pipeline's output, in memory
+            codec = CodecLimit(Path(str(ds.encoding["source"]).removeprefix("file://")), varying,
+                               path)
+        c = table.n_land / codec()
+        ceil = 1.0 / (1.0 / b + 1.0 / f)
+        for k, v in zip(res, (b, p, first, f, c, ceil, p / ceil, f / c), strict=True):
+            res[k].append(v)
+        print(f"  round {r + 1}: bare {b / 1e6:.3f}, codec {c / 1e6:.3f}, cluster first run "
+              f"{first / 1e6:.3f}, second {p / 1e6:.3f}, I/O floor {f / 1e6:.3f} M land/s; "
+              f"pipeline / ceiling {p / ceil:.3f}, floor / codec {f / c:.3f}", flush=True)
+    res["sizing"] = sizing
+    res["codec_limit"] = codec
+    return res
 
 
+def summary(res: dict, table: Table, kind: str) -> list[str]:
+    def med(k: str) -> str:
+        v = res[k]
+        return f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})"
+
+    def rate(k: str) -> str:
+        v = [x / 1e6 for x in res[k]]
+        return f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})"
+
+    codec: CodecLimit = res["codec_limit"]
+    px = table.n_pix / table.n_land
+    lines = [
+        f"rounds: {len(res['bare'])}; median (range); M land samples/s (x {px:.2f} for pixels/s)",
+        "",
+        "| limit or run | M land samples/s | ratio |",
+        "|---|---|---|",
+        f"| (a) bare model ({describe(_REF['model'])}) | {rate('bare')} | |",
+        f"| (f) I/O floor: read {len(_REF['varying'])} time-varying inputs + write one float32 "
+        f"output, no model, {kind} cluster ({res['sizing']}) | {rate('floor')} | "
+        f"{med('r_floor')} of (g) (goal >= 0.7) |",
+        f"| (g) raw codec limit: decode {codec.in_codec.__class__.__name__} inputs + encode the "
+        f"{codec.out_codec.__class__.__name__} output, in memory, {os.cpu_count()} threads | "
+        f"{rate('codec')} | |",
+        f"| (a)+(f) in series: the model-plus-I/O ceiling | {rate('ceiling')} | |",
+        f"| (e) `ds.gpp.predict(model).to_zarr`, fresh `xgpp.cluster(\"{kind}\")`, first run | "
+        f"{rate('first')} | |",
+        f"| (e) `ds.gpp.predict(model).to_zarr`, same cluster, second run | {rate('pipe')} | "
+        f"{med('r_pipe')} of the ceiling (goal >= 0.9) |",
+    ]
+    return lines
+
+
+# ----------------------------------------------------------------------------- main
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    ds = cube(args.resolution, args.years)
-    model = make_model(ds)
-    out = DATA / "out"
-    n_total = int(np.prod([ds.sizes[d] for d in ("time", "lat", "lon")]))
-    print(f"cube: {dict(ds.sizes)}, chunks {ds['tair'].data.chunksize}, "
-          f"{n_total / 1e6:.1f} M pixels; model {model}")
-    table: list = []
+    wpath = world(args.resolution, args.years)
+    ds = open_drivers(wpath)
+    models = {m: default_model(wpath, m) for m in ("ec-only", "siftml", "moe")}
+    model = models["ec-only"]
+    varying = [n for n in model.inputs if "time" in ds[n].dims]
+    _REF.update(model=model, varying=varying)
+    OUT.mkdir(parents=True, exist_ok=True)
+    dev = args.device
+    kind = "cuda" if dev.startswith("cuda") else "local"
 
-    # (a) bare limit: the model on the same samples already in memory, chunk-sized arrays
-    feats = []
-    for sl in chunk_slices(ds):
-        x, _ = model.features(ds.isel(sl).load(), return_mask=True)
-        feats.append(x)
-    torch.set_num_threads(2)
-    model.predict_numpy(feats[0], device=args.device)  # warm-up: device copy, CUDA context
-    def bare():
-        for x in feats:
-            model.predict_numpy(x, device=args.device)
-    base = bench("(a) bare limit: model on in-memory chunk arrays", bare, n_total, table)
-    if args.device.startswith("cuda"):
-        # the GPU goal's reference: the model's own throughput on device-resident batches
-        module = model._module_on(args.device)
-        on_dev = [torch.from_numpy(x).to(args.device) for x in feats]
-        bs = xgpp.models.base.default_batch_size(args.device)
+    feats = chunk_features(ds, model)
+    n_land = sum(len(x) for x in feats)
+    n_pix = int(np.prod([ds.sizes[d] for d in ("time", "lat", "lon")]))
+    print(f"cube: {dict(ds.sizes)}, chunks {ds['tair'].data.chunksize}, {n_pix / 1e6:.1f} M "
+          f"pixels, {n_land / 1e6:.2f} M land samples ({100 * n_land / n_pix:.0f} %)")
+    for m in models.values():
+        print(f"  model: {describe(m)}")
+    table = Table(n_land, n_pix)
 
-        def resident():
+    # (a) the bare model: in-memory feature rows, chunk by chunk, the default batch
+    torch.set_num_threads(os.cpu_count() if kind == "local" else 1)
+    model.predict_numpy(feats[0], device=dev)  # warm-up: device copy, CUDA context
+    table.run(f"(a) bare model: {describe(model)}, in-memory chunk arrays, one thread per core",
+              bare(feats, model, dev))
+    for name in () if args.limits_only else ("siftml", "moe"):
+        m = models[name]
+        same = m.spec.to_dict() == model.spec.to_dict()
+        mf = feats if same else chunk_features(ds, m)
+        m.predict_numpy(mf[0], device=dev)
+        table.run(f"(a) bare model: {describe(m)}", bare(mf, m, dev))
+    if dev.startswith("cuda"):
+        module = model._module_on(dev)
+        on_dev = [torch.from_numpy(x).to(dev) for x in feats]
+        bs = xgpp.models.base.default_batch_size(dev)
+
+        def resident() -> None:
             with torch.inference_mode():
                 for x in on_dev:
                     for i in range(0, x.shape[0], bs):
                         module(x[i:i + bs])
             torch.cuda.synchronize()
-        resident()  # warm-up (kernel selection)
-        dev_rate = bench("(a-gpu) model on device-resident batches (no host transfers)",
-                         resident, n_total, table, base)
-        print(f"    (a) / (a-gpu) = {base / dev_rate:.3f}", flush=True)
+        resident()
+        table.run("(a-gpu) model on device-resident batches (no host transfers)", resident)
         on_dev.clear()
-    else:
-        def bare_big():
-            for x in feats:
-                model.predict_numpy(x, device=args.device, batch_size=262_144)
-        bench("(a') bare limit, 262 144-row batches (xgpp < 0.2 default)", bare_big, n_total,
-              table, base)
-    feats.clear()
+    elif not args.limits_only:
+        table.run("(a') bare model, 262 144-row batches (xgpp < 0.2 default)",
+                  bare(feats, model, dev, batch_size=262_144))
+        table.run(f"(a'') bare model, one chunk at a time, {torch.get_num_threads()} torch "
+                  "threads", bare(feats, model, dev, threads=1))
 
-    # (b) naive: load, stack to 2-D, predict, reshape, write
-    def naive(d=ds, path=out / "naive.zarr"):
-        mem = d.compute()  # not .load(): that would turn the shared cube into numpy in place
-        x, valid = model.features(mem, return_mask=True)
-        y = np.full(valid.shape, np.nan, np.float32)
-        y[valid] = model.predict_numpy(x, device=args.device)[:, 0]
-        res = xr.Dataset({"gpp": (("time", "lat", "lon"), y.reshape(mem["tair"].shape))},
-                         coords={c: mem[c] for c in ("time", "lat", "lon")})
-        res.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
-    if not args.skip_peers:
-        bench("(b) naive: load, stack, predict, reshape, write", naive, n_total, table, base)
+    # (b), (c), (d): the peers, with the same default model
+    if not (args.skip_peers or args.limits_only):
+        table.run("(b) naive: load, stack, predict, reshape, write",
+                  naive(ds, model, OUT / "naive.zarr", dev))
+        table.run("(c) xbatcher chunk-sized patches", xbatcher_patches(ds, model, dev))
+        small = ds[list(model.inputs)].isel(time=slice(0, 2), lat=slice(250, 260),
+                                            lon=slice(400, 410)).load()
+        n_small = small["tair"].size
+        land_small = int(model.features(small, return_mask=True)[1].sum())
+        t0 = time.perf_counter()
+        xbatcher_pixels(small, model, dev)()
+        dt = time.perf_counter() - t0
+        # the slice is extrapolated to the cube: same time per pixel
+        table.add(f"(c) xbatcher per-pixel samples ({n_small}-pixel slice, {land_small} land, "
+                  "extrapolated)", dt * n_pix / n_small)
+        try:
+            import dask_ml  # noqa: F401
+        except ImportError:
+            print("(d) skipped: dask-ml not installed (pip install dask-ml)")
+        else:
+            fn = dask_ml_predict(ds, model, OUT / "dml.zarr", dev)
+            table.run("(d) dask-ml ParallelPostFit, threaded", fn)
+            with xgpp.cluster("local"):
+                table.run("(d) dask-ml ParallelPostFit, LocalCluster", fn)
+    feats_keep = feats
 
-    # (c) xbatcher, chunk-sized patches and per-pixel samples (per-pixel on a slice, extrapolated)
-    import xbatcher
+    # the three limits and the pipeline, in alternating rounds
+    torch.set_num_threads(os.cpu_count() if kind == "local" else 1)
+    res = rounds(args, table, ds, model, feats_keep, varying, kind)
+    med = {k: statistics.median(res[k]) for k in ("bare", "pipe", "floor", "codec", "ceiling",
+                                                   "first")}
+    table.add(f"(e) ds.gpp.predict().to_zarr, {kind} cluster ({res['sizing']}), fresh cluster's "
+              "first run (median of rounds)", n_land / med["first"])
+    table.add(f"(e) ds.gpp.predict().to_zarr, {kind} cluster ({res['sizing']}), second run "
+              "(median of rounds)", n_land / med["pipe"])
+    table.add(f"(f) I/O floor: read {len(varying)} inputs + write one output, no model, {kind} "
+              "cluster (median)", n_land / med["floor"])
+    table.add(f"(g) raw codec limit: decode + encode in memory, {os.cpu_count()} threads "
+              "(median)", n_land / med["codec"])
+    table.add("(a)+(f) in series: the model-plus-I/O ceiling (median of rounds)",
+              n_land / med["ceiling"], derived=True)
+    del feats
 
-    def xb_patches():
-        gen = xbatcher.BatchGenerator(ds, input_dims={"time": 46, "lat": 90, "lon": 90})
-        for batch in gen:
-            x, _ = model.features(batch, return_mask=True)
-            model.predict_numpy(x, device=args.device)
-    if not args.skip_peers:
-        bench("(c) xbatcher chunk-sized patches", xb_patches, n_total, table, base)
-    small = ds.isel(time=slice(0, 2), lat=slice(200, 210), lon=slice(300, 310)).load()
-    def xb_pixels():
-        gen = xbatcher.BatchGenerator(small, input_dims={"time": 1, "lat": 1, "lon": 1})
-        for batch in gen:
-            x, _ = model.features(batch, return_mask=True)
-            if x.shape[0]:
-                model.predict_numpy(x, device=args.device)
-    if not args.skip_peers:
-        bench("(c) xbatcher per-pixel samples (200-pixel slice)", xb_pixels, small["tair"].size,
-              table, base)
+    if args.limits_only:
+        print("\n" + table.markdown())
+        print("\n" + "\n".join(summary(res, table, kind)))
+        return
 
-    # (d) dask-ml ParallelPostFit around the same model, threaded and on a LocalCluster
-    try:
-        from dask_ml.wrappers import ParallelPostFit
-    except ImportError:
-        ParallelPostFit = None
-    if ParallelPostFit is None or args.skip_peers:
-        print("(d) skipped: --skip-peers, or dask-ml not installed (pip install dask-ml)")
-    else:
-        class Est:
-            def fit(self, X, y=None):
-                return self
-            def predict(self, X):
-                X = np.asarray(X, np.float32)
-                out = np.full(len(X), np.nan, np.float32)
-                ok = np.isfinite(X).all(axis=1)
-                if ok.any():
-                    out[ok] = model.predict_numpy(X[ok], device=args.device)[:, 0]
-                return out
-        import dask.array as da
-        spec = model.spec
-        cols = [(ds[v].data.reshape(-1) - spec.mean[v]) / spec.std[v] for v in DRIVERS6]
-        X = da.stack(cols, axis=1).astype(np.float32)
-        ppf = ParallelPostFit(Est())
-        def dml():
-            y = ppf.predict(X).reshape(ds["tair"].shape)
-            da.to_zarr(y, str(out / "dml.zarr"), overwrite=True)
-        bench("(d) dask-ml ParallelPostFit, threaded", dml, n_total, table, base)
-        with xgpp.cluster("local"):
-            bench("(d) dask-ml ParallelPostFit, LocalCluster", dml, n_total, table, base)
+    # (e) the other ways of running the pipeline
+    path = OUT / "xgpp.zarr"
+    with xgpp.cluster(kind):
+        predict_to_zarr(ds, model, path, dev)()
 
-    # (e) ds.gpp.predict(...).to_zarr on a LocalCluster (default) and on the threaded scheduler
-    def xg(d=ds, path=out / "xgpp.zarr"):
-        shutil.rmtree(path, ignore_errors=True)
-        d.gpp.predict(model, device=args.device).to_zarr(path, mode="w", zarr_format=3,
-                                                         consolidated=False)
-
-    def xg_resumable(path=out / "xgpp_resumable.zarr"):
-        shutil.rmtree(path, ignore_errors=True)
-        ds.gpp.to_zarr(model, str(path), device=args.device, progress=False)
-
-    # (f) the I/O floor: read the same inputs and write one output of the same shape, no model
-    def io_only(path=out / "io.zarr"):
-        shutil.rmtree(path, ignore_errors=True)
-        total = sum(ds[v] for v in model.inputs).astype("float32").rename("gpp")
-        total.to_dataset().to_zarr(path, mode="w", zarr_format=3, consolidated=False)
-
-    kind = "cuda" if args.device.startswith("cuda") else "local"
-    # a fresh cluster's first run pays one-off costs (workers import torch and xgpp, unpickle
-    # the model); the second run on the same cluster is what a long job sees
-    with xgpp.cluster(kind) as client:
-        info = client.scheduler_info()["workers"].values()
-        sizing = f"{len(info)} workers x {next(iter(info))['nthreads']} threads"
-        bench(f"(e) ds.gpp.predict().to_zarr, {kind} cluster ({sizing}), first run", xg,
-              n_total, table, base)
-        bench(f"(e) ds.gpp.predict().to_zarr, {kind} cluster ({sizing}), second run", xg,
-              n_total, table, base)
-        bench(f"(e) ds.gpp.to_zarr (resumable writer), {kind} cluster ({sizing})", xg_resumable,
-              n_total, table, base)
-        io_only()
-        io_rate = bench(f"(f) I/O floor: read inputs + write one output, no model, {kind} "
-                        "cluster", io_only, n_total, table, base)
+        def resumable(p=OUT / "xgpp_resumable.zarr") -> None:
+            shutil.rmtree(p, ignore_errors=True)
+            ds.gpp.to_zarr(model, str(p), device=dev, progress=False)
+        table.run(f"(e) ds.gpp.to_zarr (resumable writer), {kind} cluster", resumable)
+        moe = models["moe"]
+        predict_to_zarr(ds, moe, OUT / "moe.zarr", dev)()
+        table.run(f"(e) ds.gpp.predict(MoE: gpp and sif).to_zarr, {kind} cluster, second run",
+                  predict_to_zarr(ds, moe, OUT / "moe.zarr", dev))
     if kind == "cuda":
-        # one dask-cuda worker per GPU, against the default: several processes per GPU
         with xgpp.cluster("cuda", processes_per_gpu=1):
-            xg()
-            bench("(e) ds.gpp.predict().to_zarr, dask-cuda (1 worker per GPU), second run",
-                  xg, n_total, table, base)
-            io_only()
-            bench("(f) I/O floor, dask-cuda (1 worker per GPU)", io_only, n_total, table, base)
-    if kind == "local":
-        with xgpp.cluster("local", n_workers=1, threads_per_worker=2):
-            xg()
-            bench("(e) ds.gpp.predict().to_zarr, LocalCluster (1 worker x 2 threads), second "
-                  "run", xg, n_total, table, base)
-    bench("(e) ds.gpp.predict().to_zarr, threaded", xg, n_total, table, base)
-    serial = 1.0 / (1.0 / base + 1.0 / io_rate)
-    print(f"(a)+(f) in series, the limit with I/O on the same cores: {serial / 1e6:.3f} M "
-          f"samples/s = {serial / base:.2f} x (a)", flush=True)
-    table.append(("(a)+(f) in series: model and I/O on the same cores (derived)", serial,
-                  serial / base, float("nan")))
-
-    # fresh process: what a user's script costs in memory (its own imports, the scheduler,
-    # the workers), measured from outside on the child's process tree only
+            predict_to_zarr(ds, model, path, dev)()
+            table.run("(e) ds.gpp.predict().to_zarr, dask-cuda (1 worker per GPU), second run",
+                      predict_to_zarr(ds, model, path, dev))
+            table.run("(f) I/O floor, dask-cuda (1 worker per GPU)",
+                      io_floor(ds, varying, OUT / "io.zarr", path))
+    else:
+        with xgpp.cluster("local", n_workers=1, threads_per_worker=os.cpu_count()):
+            predict_to_zarr(ds, model, path, dev)()
+            table.run(f"(e) ds.gpp.predict().to_zarr, LocalCluster (1 worker x {os.cpu_count()} "
+                      "threads), second run", predict_to_zarr(ds, model, path, dev))
+    table.run("(e) ds.gpp.predict().to_zarr, threaded scheduler",
+              predict_to_zarr(ds, model, path, dev))
     cmd = [sys.executable, __file__, "--child", "--resolution", str(args.resolution),
-           "--years", str(args.years), "--device", args.device]
-    bench(f"(e) fresh process: imports, cube, model, new {kind} cluster, predict().to_zarr "
-          "(rate includes start-up; memory of that process and its workers only)",
-          lambda: subprocess.run(cmd, check=True), n_total, table, base, children_only=True)
+           "--years", str(args.years), "--device", dev]
+    table.run(f"(e) fresh process: imports, cube, model, new {kind} cluster, predict().to_zarr "
+              "(rate includes start-up; memory of that process tree only)",
+              lambda: subprocess.run(cmd, check=True), children_only=True)
 
     if not args.quick:
-        ds2 = cube(args.resolution, 2 * args.years)
-        n2 = 2 * n_total
-        bench("(b) naive, time axis doubled", lambda: naive(ds2, out / "naive2.zarr"), n2, table, base)
+        ds2 = open_drivers(world(args.resolution, 2 * args.years))
+        table.run("(b) naive, time axis doubled", naive(ds2, model, OUT / "naive2.zarr", dev),
+                  scale=2.0)
         with xgpp.cluster(kind):
-            xg()
-            bench(f"(e) {kind} cluster, time axis doubled, second run",
-                  lambda: xg(ds2, out / "xgpp2.zarr"), n2, table, base)
+            predict_to_zarr(ds2, model, OUT / "xgpp2.zarr", dev)()
+            table.run(f"(e) {kind} cluster, time axis doubled, second run",
+                      predict_to_zarr(ds2, model, OUT / "xgpp2.zarr", dev), scale=2.0)
 
-    print("\n| variant | M samples/s | ratio to (a) | peak memory [GiB] |\n|---|---|---|---|")
-    for name, rate, ratio, peak in table:
-        mem = "" if np.isnan(peak) else f"{peak:.2f}"
-        print(f"| {name} | {rate / 1e6:.4g} | {ratio:.3g} | {mem} |")
+    print("\n" + table.markdown())
+    print("\n" + "\n".join(summary(res, table, kind)))
 
 
 def child(args: argparse.Namespace) -> None:
     """One prediction as a user script runs it (``--child``; measured by the parent)."""
-    ds = cube(args.resolution, args.years)
-    model = make_model(ds)
-    path = DATA / "out" / "child.zarr"
-    shutil.rmtree(path, ignore_errors=True)
+    wpath = world(args.resolution, args.years)
+    ds = open_drivers(wpath)
+    model = default_model(wpath, "ec-only")
     with xgpp.cluster("cuda" if args.device.startswith("cuda") else "local"):
-        ds.gpp.predict(model, device=args.device).to_zarr(path, mode="w", zarr_format=3,
-                                                          consolidated=False)
+        predict_to_zarr(ds, model, OUT / "child.zarr", args.device)()
 
 
 if __name__ == "__main__":
@@ -309,9 +525,13 @@ if __name__ == "__main__":
     p.add_argument("--resolution", type=float, default=0.5)
     p.add_argument("--years", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating rounds of bare model / codec limit / fresh cluster (>= 3)")
     p.add_argument("--quick", action="store_true", help="skip the doubled-record runs")
     p.add_argument("--skip-peers", action="store_true",
-                   help="skip the peers (b), (c), (d): only xgpp's rows against (a)")
+                   help="skip the peers (b), (c), (d): only xgpp's rows against its limits")
+    p.add_argument("--limits-only", action="store_true",
+                   help="only the rounds: bare model, I/O floor, codec limit, the pipeline")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     child(a) if a.child else run(a)

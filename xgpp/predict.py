@@ -313,21 +313,99 @@ def _predict_block(*blocks: Any, varying: list[str], static: list[str], columns:
 
     ``blocks`` are the time-varying inputs (time, lat, lon), the static ones (lat, lon), and
     last the model.  Returns (output, time, lat, lon) float32, NaN where an input is missing.
+    A model whose features are :class:`~xgpp.models.TorchModel`'s own is featurised batch by
+    batch (:func:`_predict_rows`); any other goes through ``model.features`` on the chunk.
     """
     device = resolve_device(device)
     *arrays, model = blocks
     shape = arrays[0].shape
-    chunk = _chunk_dataset(arrays, varying, static, lat, lon, block_info)
     out = np.full((len(columns), *shape), np.nan, dtype=np.float32)
+    flat = out.reshape(len(columns), -1)
+    if _rowwise(model):
+        loc = block_info[0]["array-location"] if block_info else [(0, s) for s in shape]
+        (y0, y1), (x0, x1) = loc[1], loc[2]
+        _predict_rows(model, arrays, varying, static, lat[y0:y1], lon[x0:x1], flat, columns,
+                      device=device, batch_size=batch_size, precision=precision)
+        return out
+    chunk = _chunk_dataset(arrays, varying, static, lat, lon, block_info)
     x, valid = model.features(chunk, return_mask=True)
     if x.shape[0]:
         with _torch_threads():
             y = model.predict_numpy(x, device=device, batch_size=batch_size,
                                     precision=precision)
-        flat = out.reshape(len(columns), -1)
         for k, c in enumerate(columns):
             flat[k, valid] = y[:, c]
     return out
+
+
+def _aligned(shape: tuple[int, int], align: int = 64) -> np.ndarray:
+    """An empty float32 array whose data start on an ``align``-byte boundary.
+
+    Torch's CPU matrix kernels can round the last bit differently for small batches at other
+    alignments, so a fixed alignment makes each batch's result the same in every process.
+    """
+    n = int(np.prod(shape))
+    raw = np.empty(n + align // 4, np.float32)
+    skip = (-raw.ctypes.data % align) // 4
+    return raw[skip:skip + n].reshape(shape)
+
+
+def _rowwise(model: Any) -> bool:
+    """Whether ``model`` featurises as :meth:`TorchModel.features` does (not overridden)."""
+    from xgpp.models.bundle import TorchModel
+
+    return isinstance(model, TorchModel) and type(model).features is TorchModel.features
+
+
+def _predict_rows(model: Any, arrays: Sequence[np.ndarray], varying: list[str],
+                  static: list[str], lat: np.ndarray, lon: np.ndarray, flat: np.ndarray,
+                  columns: list[int], *, device: str, batch_size: int | None,
+                  precision: str) -> int:
+    """Featurise and predict one chunk's valid rows batch by batch, into ``flat`` in place.
+
+    The same numbers as ``model.features(chunk)`` then ``model.predict_numpy``: the same
+    feature kernel (:meth:`FeatureSpec.transform`) on the same rows, and forward passes over
+    the same batches, so the features are bit for bit the same and the outputs too, except
+    that torch may round the last bit of a small batch differently when its rows start at
+    another memory alignment (this path always aligns them to 64 bytes, so it gives the
+    same bits in every process).  It works without the chunk-sized intermediates: the valid
+    rows of each batch of ``batch_size`` are gathered from the chunk's arrays and
+    transformed into one reused, cache-sized feature buffer, and static fields and
+    coordinates are read per row instead of being broadcast over time.  ``flat`` is (outputs, pixels), NaN where no input;
+    ``lat`` and ``lon`` are the chunk's coordinates.  Returns the number of batches.
+    """
+    from xgpp.models.base import default_batch_size
+
+    spec = model.spec
+    shape = arrays[0].shape
+    nyx = shape[1] * shape[2]
+    nv = len(varying)
+    cols = {n: a.reshape(-1) for n, a in zip(varying, arrays[:nv], strict=True)}
+    fields = {n: np.asarray(a).reshape(-1) for n, a in zip(static, arrays[nv:], strict=True)}
+    full = dict(cols)
+    for n, a in fields.items():  # the mask needs every pixel: static fields over time
+        full[n] = np.broadcast_to(a, (shape[0], nyx)).reshape(-1)
+    rows = np.flatnonzero(spec.valid_mask(full))
+    if not rows.size:
+        return 0
+    lat32 = np.asarray(lat, np.float32)
+    lon32 = np.asarray(lon, np.float32)
+    bs = int(batch_size or default_batch_size(device))
+    buf = _aligned((min(bs, rows.size), spec.n_features))
+    n_batches = 0
+    with _torch_threads():
+        for i in range(0, rows.size, bs):
+            r = rows[i:i + bs]
+            cell = r % nyx
+            part = {n: c[r] for n, c in cols.items()}
+            part |= {n: f[cell] for n, f in fields.items()}
+            part["lat"], part["lon"] = lat32[cell // shape[2]], lon32[cell % shape[2]]
+            x = spec.transform(part, out=buf[:r.size])
+            y = model.predict_numpy(x, device=device, batch_size=bs, precision=precision)
+            for k, c in enumerate(columns):
+                flat[k, r] = y[:, c]
+            n_batches += 1
+    return n_batches
 
 
 def _ensemble_block(*blocks: Any, varying: list[str], static: list[str],
