@@ -914,6 +914,30 @@ def _damaged_array(url: str, storage_options: Mapping[str, Any]) -> str:
     return ""
 
 
+def _check_index_coords(ds: xr.Dataset, url: str) -> None:
+    """Refuse a cube whose lat/lon/time axes are not regular, distinct and ordered.
+
+    The index coordinates are in memory already; a damaged coordinate chunk that still
+    decodes (Zstd without a checksum) gives such axes, as does a store that is not a cube.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from xgpp.io._grid import check_axis
+
+    for dim in ("lat", "lon"):
+        if dim in ds.dims and dim in ds.indexes:
+            check_axis(ds[dim].values, dim, f"the Zarr store at {url}")
+    if "time" in ds.indexes and np.issubdtype(ds["time"].dtype, np.datetime64):
+        t = pd.DatetimeIndex(ds["time"].values)
+        if t.hasnans or not t.is_monotonic_increasing or t.has_duplicates:
+            raise CorruptChunkError(
+                f"the Zarr store at {url} has a time axis that is not increasing (NaT, repeated "
+                f"or unordered values: {t[:3].tolist()}...); its 'time' array is damaged. "
+                "Restore it from a copy or re-write the store."
+            )
+
+
 def _open_zarr(url: str, storage_options: Mapping[str, Any]) -> xr.Dataset:
     import xarray as xr
 
@@ -938,6 +962,7 @@ def _open_zarr(url: str, storage_options: Mapping[str, Any]) -> xr.Dataset:
             f"{type(err).__name__}: {err}. Its metadata (zarr.json) or a coordinate chunk is "
             "damaged; restore it from a copy or re-write the store."
         ) from err
+    _check_index_coords(lazy, url)
     v3 = any("serializer" in v.encoding for v in lazy.variables.values())  # v2 has no serializer
     local = url[len("file://"):] if url.startswith("file://") else (None if "://" in url else url)
     return _plain_strings(guarded_dataset(lazy, url, local_path=local,

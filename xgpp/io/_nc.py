@@ -30,11 +30,12 @@ def open_dataset(url: str, **kwargs: Any) -> xr.Dataset:
             return guarded_dataset(lazy, basename(url), local_path=path)
         with open_binary(url) as f:
             return xr.open_dataset(f, engine="h5netcdf", **kwargs).load()
-    except (FileNotFoundError, XgppError):
+    except (FileNotFoundError, XgppError, MemoryError):
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError) as err:
-        # xarray's backends raise ValueError (no engine recognises the bytes), OSError (HDF5),
-        # RuntimeError/KeyError/IndexError/TypeError (damaged metadata or attributes)
+    except Exception as err:  # noqa: BLE001 - damaged bytes make the backends raise anything
+        # ValueError (no engine recognises the bytes), OSError (HDF5), OverflowError (time
+        # values beyond datetime64), RuntimeError/KeyError/IndexError/TypeError (damaged
+        # metadata or attributes)
         raise CorruptChunkError(
             f"cannot read {basename(url)!r} as netCDF4/HDF5 ({type(err).__name__}: {err}); "
             f"it starts with {_head(url)!r}. Check that the file is a complete netCDF file "
