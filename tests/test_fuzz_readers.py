@@ -583,4 +583,4 @@ def test_open_cube_on_damaged_zarr(data, mutation):
     if var in ("gpp", "sif") and not ds[var].equals(ref[var]):
         # zstd without a content checksum (xarray's default) can decode damaged bytes into
         # other numbers: counted, as a limitation of unchecksummed stores
-        _record("open_cube", "decoded_to_other_values")
+        REPORT["open_cube"]["outcomes"]["ok, decoded_to_other_values"] += 1  # not a new case
