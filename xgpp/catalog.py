@@ -891,7 +891,7 @@ def _damaged_array(url: str, storage_options: Mapping[str, Any]) -> str:
     import zarr
 
     try:
-        group = zarr.open_group(url, mode="r", storage_options=storage_options or None)
+        group = zarr.open_group(url, mode="r", storage_options=dict(storage_options) or None)
         names = sorted(group.array_keys())
     except Exception:  # noqa: BLE001 - a member's metadata is damaged: find which
         try:
@@ -907,7 +907,7 @@ def _damaged_array(url: str, storage_options: Mapping[str, Any]) -> str:
     for name in names:
         try:
             arr = group[name]
-            if arr.ndim <= 1:
+            if isinstance(arr, zarr.Array) and arr.ndim <= 1:
                 arr[...]
         except Exception:  # noqa: BLE001
             return f"array {name!r} ({name}/zarr.json or one of its chunks) is unreadable: "
