@@ -39,9 +39,11 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check xgpp tests benchmarks
 	$(VENV)/bin/mypy
 
+# `make bench BENCH_ARGS=--quick` for the few-minute versions
 bench: $(VENV)/.installed-test
-	$(PY) benchmarks/predict.py
-	$(PY) benchmarks/train_loader.py
+	$(PY) benchmarks/predict.py $(BENCH_ARGS)
+	$(PY) benchmarks/train_loader.py $(BENCH_ARGS)
+	$(PY) benchmarks/train_loader.py --moe $(BENCH_ARGS)
 
 # HTML documentation in docs/_build/html; every Sphinx warning is an error.  The API pages
 # under docs/generated and every page are rebuilt each time (-E), so a removed name leaves no

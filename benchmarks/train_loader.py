@@ -386,7 +386,7 @@ def main() -> None:
             ("loader / model", f"{rate / m_rate:.1f}x  (goal >= 3x)"),
             ("end to end: loader feeding training [land samples/s]",
              f"{e2e:,.0f}  (waiting on data {100 * wait:.0f}% of the time)"),
-            ("xbatcher per-pixel input_dims=1 [land samples/s]", f"{px:,.0f}"),
+            ("xbatcher per-pixel input_dims=1 [pixels/s, land or not]", f"{px:,.0f}"),
             ("loader / per-pixel xbatcher", f"{rate / px:,.0f}x  (goal >= 50x)"),
             ("peak RSS growth, half cube", f"{mem_half.growth_mb:,.0f} MiB "
                                            f"({n_half:,} samples)"),
