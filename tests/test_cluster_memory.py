@@ -32,3 +32,32 @@ def test_local_workers_with_a_1gib_limit_start_with_the_capped_settings():
         limit = next(iter(client.scheduler_info()["workers"].values()))["memory_limit"]
     assert limit == GiB
     assert env == {"MALLOC_TRIM_THRESHOLD_": str(GiB // 16), "MALLOC_TOP_PAD_": str(GiB // 16)}
+
+
+@pytest.mark.timeout(120)
+def test_the_workers_profiler_is_off_unless_asked_for():
+    def enabled():
+        import dask
+
+        return dask.config.get("distributed.worker.profile.enabled")
+
+    for profile in (False, True):
+        with xgpp.cluster("local", n_workers=1, threads_per_worker=1, memory_limit="1GiB",
+                          dashboard_address=None, profile=profile) as client:
+            got = next(iter(client.run(enabled).values()))
+        assert got is profile
+
+
+@pytest.mark.timeout(120)
+def test_a_second_cluster_gets_its_own_settings_not_the_first_ones():
+    # distributed's nanny copies pre-spawn-environ into this process's os.environ and prefers
+    # it next time; xgpp restores the environment when a cluster closes
+    before = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    with xgpp.cluster("local", n_workers=1, threads_per_worker=1, memory_limit="1GiB",
+                      dashboard_address=None):
+        pass
+    assert os.environ.get("MALLOC_TRIM_THRESHOLD_") == before
+    with xgpp.cluster("local", n_workers=1, threads_per_worker=1, memory_limit="64GiB",
+                      dashboard_address=None) as client:
+        got = set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values())
+    assert got == {str(MALLOC_TRIM_THRESHOLD)}

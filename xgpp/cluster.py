@@ -54,6 +54,7 @@ __all__ = [
     "gpu_available",
     "register_backend",
     "resolve_kind",
+    "worker_config",
     "worker_environment",
 ]
 
@@ -73,6 +74,26 @@ MALLOC_TOP_PAD = 512 * 1024 * 1024
 #: limit the full 256 + 512 MiB above held its RSS at about 0.82 GiB, past distributed's pause
 #: threshold (80 %), and the paused worker stalled a long prediction (benchmarks/soak.py).
 MALLOC_SHARE_OF_LIMIT = 1 / 16
+
+
+def worker_config(*, profile: bool = False) -> dict[str, Any]:
+    """Dask config the workers start with (a nanny hands its config to the worker it spawns).
+
+    Parameters
+    ----------
+    profile : bool
+        Keep distributed's statistical profiler on in the workers (the dashboard's *Profile*
+        tab).  Off by default: it samples every thread's stack every 10 ms and keeps the last
+        1000 one-second call trees per worker, which with xgpp's kernel grew a worker by about
+        0.2 MiB/s for the first 17 minutes of a run (about 200 MiB at its plateau; measured
+        with ``benchmarks/soak.py``), a fifth of a 1 GiB worker.
+
+    Returns
+    -------
+    dict
+        Dask config keys and values.
+    """
+    return {"distributed.worker.profile.enabled": bool(profile)}
 
 
 def worker_environment(
@@ -190,16 +211,23 @@ class _ClientBackend:
         self.client: Client | None = None
         self.cluster: Any = None
         self._config: contextlib.AbstractContextManager | None = None
+        self._saved_environ: dict[str, str | None] = {}
 
-    def _set_worker_environment(self, env: dict[str, str]) -> None:
-        """Set ``distributed.nanny.pre-spawn-environ`` until :meth:`close`.
+    def _set_worker_environment(self, env: dict[str, str],
+                                config: dict[str, Any] | None = None) -> None:
+        """Set ``distributed.nanny.pre-spawn-environ`` (and ``config``) until :meth:`close`.
 
-        Nannies read it when they are created, including workers added later by
-        ``scale()``/``adapt()``, so it stays set while the cluster lives.
+        Nannies read them when they are created, including workers added later by
+        ``scale()``/``adapt()``, so they stay set while the cluster lives.
         """
         import dask
 
-        self._config = dask.config.set({"distributed.nanny.pre-spawn-environ": env})
+        # distributed's nanny copies these into this process's os.environ (and prefers
+        # os.environ over the config the next time), so a later cluster with another memory
+        # limit would inherit this one's settings: they are restored in close()
+        self._saved_environ = {k: os.environ.get(k) for k in env}
+        self._config = dask.config.set({"distributed.nanny.pre-spawn-environ": env,
+                                        **(config if config is not None else worker_config())})
         self._config.__enter__()
 
     def close(self) -> None:
@@ -221,6 +249,12 @@ class _ClientBackend:
             if self._config is not None:
                 self._config.__exit__(None, None, None)
                 self._config = None
+            for key, value in self._saved_environ.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            self._saved_environ = {}
 
 
 @register_backend
@@ -244,6 +278,9 @@ class LocalBackend(_ClientBackend):
     env : mapping, optional
         Extra variables for ``distributed.nanny.pre-spawn-environ`` (set before each worker
         process starts), overriding the defaults of :func:`worker_environment`.
+    profile : bool
+        Keep distributed's statistical profiler on in the workers (off by default; see
+        :func:`worker_config`).
     **cluster_kwargs
         Passed on to ``distributed.LocalCluster``.
     """
@@ -260,6 +297,7 @@ class LocalBackend(_ClientBackend):
         processes: bool = True,
         dashboard_address: str | None = ":8787",
         env: Mapping[str, str] | None = None,
+        profile: bool = False,
         **cluster_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -273,6 +311,7 @@ class LocalBackend(_ClientBackend):
                                  memory_limit=self.worker_memory_bytes()),
             **{k: str(v) for k, v in (env or {}).items()},
         }
+        self.profile = profile
         self.cluster_kwargs = cluster_kwargs
 
     def worker_memory_bytes(self) -> int | None:
@@ -303,7 +342,7 @@ class LocalBackend(_ClientBackend):
         """Start the ``LocalCluster`` (worker environment set before each worker spawns)."""
         from distributed import Client, LocalCluster
 
-        self._set_worker_environment(self.env)
+        self._set_worker_environment(self.env, worker_config(profile=self.profile))
         kwargs: dict[str, Any] = {
             "n_workers": self.n_workers,
             "threads_per_worker": self.threads_per_worker,
@@ -448,7 +487,7 @@ def gpu_process_cluster(gpus: list[str], processes_per_gpu: int, threads_per_wor
     # glibc reads MALLOC_* when a process starts: they must be in the environment the nanny
     # spawns the worker with (each nanny reads this when it is created, here)
     env = worker_environment(threads_per_worker, torch_threads=1)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env, **worker_config()}):
         return SpecCluster(workers=workers, scheduler=scheduler, name="xgpp-gpu")
 
 
