@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import dask
 import fsspec
@@ -261,7 +262,7 @@ def test_catalog_source_entries_round_trip_through_yaml(archive, tmp_path):
     root = tmp_path / "world"
     shutil.copytree(archive["root"], root)
     url = write_catalog(str(root), names=(), sources=_sources())
-    assert "xgpp.io.sources:open_source" in open(url).read()
+    assert "xgpp.io.sources:open_source" in Path(url).read_text()
     moved = tmp_path / "moved"
     shutil.move(root, moved)  # {CATALOG_DIR}: the folder can move
     cat = open_catalog(str(moved))
