@@ -126,3 +126,18 @@ def test_incomplete_store_is_an_incomplete_store_error(tmp_path):
     with pytest.raises(IncompleteStoreError, match="unfinished store") as info:
         open_cube(url)
     assert info.value.url is not None and isinstance(info.value, ValueError)
+
+
+def test_training_evaluation_and_world_inputs_raise_xgpp_errors():
+    from xgpp.evaluate import pair_scores
+    from xgpp.landcover import class_to_code, code_to_class
+    from xgpp.synthetic import make_world
+
+    with pytest.raises(errors.InputError, match=r"unknown IGBP code 'XYZ'; expected one of"):
+        code_to_class(np.array(["ENF", "XYZ"]))
+    with pytest.raises(errors.InputError, match="class numbers must lie in"):
+        class_to_code(np.array([99]))
+    with pytest.raises(errors.InputError, match="need at least 3 to score"):
+        pair_scores(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
+    with pytest.raises(errors.UnknownOptionError, match="unknown world variant 'nope'"):
+        make_world(resolution=10.0, variant="nope")

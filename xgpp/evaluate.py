@@ -8,6 +8,8 @@ import dask
 import numpy as np
 import xarray as xr
 
+from xgpp.errors import InputError
+
 __all__ = [
     "REGIONS",
     "VEGETATED",
@@ -48,7 +50,7 @@ def pair_scores(pred: np.ndarray, obs: np.ndarray) -> dict[str, float]:
     ok = np.isfinite(pred) & np.isfinite(obs)
     p, o = pred[ok], obs[ok]
     if p.size < 3:
-        raise ValueError(f"only {p.size} pairs with finite prediction and observation; "
+        raise InputError(f"only {p.size} pairs with finite prediction and observation; "
                          "need at least 3 to score.")
     err = p - o
     lo, hi = np.quantile(o, [0.1, 0.9])
@@ -78,7 +80,7 @@ def _field_sums(pred: xr.DataArray, truth: xr.DataArray) -> tuple:
 def _field_finish(sums: tuple) -> dict[str, float]:
     n, so, soo, sse, se, sp, spp, spo = (float(s) for s in sums)
     if n < 3:
-        raise ValueError("prediction and truth share fewer than 3 finite pixels.")
+        raise InputError("prediction and truth share fewer than 3 finite pixels.")
     sst = soo - so**2 / n
     cov = spo - sp * so / n
     var_p = spp - sp**2 / n

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from xgpp.errors import InputError
+
 __all__ = ["IGBP_CODES", "IGBP_NAMES", "code_to_class", "class_to_code", "flag_attrs"]
 
 #: IGBP short codes by class number (index = class).
@@ -31,8 +33,8 @@ def code_to_class(codes: np.ndarray | list[str]) -> np.ndarray:
     for c in np.asarray(codes).ravel():
         key = str(c).strip().upper()
         if key not in lookup:
-            raise ValueError(
-                f"unknown IGBP code {c!r}; expected one of {list(IGBP_CODES)}"
+            raise InputError(
+                f"unknown IGBP code {str(c)!r}; expected one of {list(IGBP_CODES)}"
             )
         out.append(lookup[key])
     return np.asarray(out, dtype=np.int8).reshape(np.shape(codes))
@@ -42,7 +44,7 @@ def class_to_code(classes: np.ndarray) -> np.ndarray:
     """IGBP class numbers to short codes."""
     classes = np.asarray(classes)
     if classes.size and (classes.min() < 0 or classes.max() >= len(IGBP_CODES)):
-        raise ValueError(f"IGBP class numbers must lie in 0..{len(IGBP_CODES) - 1}")
+        raise InputError(f"IGBP class numbers must lie in 0..{len(IGBP_CODES) - 1}")
     return np.asarray(IGBP_CODES, dtype=object)[classes.astype(int)].astype(str)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xgpp.errors import InputError
+
 __all__ = [
     "GPP_UNITS",
     "SIF_UNITS",
@@ -120,7 +122,7 @@ def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
 
 def _require(items: Mapping, what: str) -> None:
     if not items:
-        raise ValueError(f"{what} is empty; pass at least one entry to plot.")
+        raise InputError(f"{what} is empty; pass at least one entry to plot.")
 
 
 # ------------------------------------------------------------ figures of the demo workflows
@@ -213,7 +215,7 @@ def _as_map(da: xr.DataArray, name: str) -> xr.DataArray:
                         f"got {type(da).__name__}.")
     da = da.squeeze(drop=True)
     if set(da.dims) != {"lat", "lon"}:
-        raise ValueError(f"map {name!r} must have exactly the dims (lat, lon); got {da.dims}. "
+        raise InputError(f"map {name!r} must have exactly the dims (lat, lon); got {da.dims}. "
                          "Reduce over time (e.g. .mean('time')) before plotting.")
     da = da.transpose("lat", "lon")
     lon = da["lon"].values
@@ -314,7 +316,7 @@ def plot_mean_maps(means: Mapping[str, xr.DataArray], truth: xr.DataArray, path:
         try:
             m, t = xr.align(m, truth_map, join="exact")
         except ValueError as err:
-            raise ValueError(f"mean map {name!r} is not on the truth's (lat, lon) grid "
+            raise InputError(f"mean map {name!r} is not on the truth's (lat, lon) grid "
                              f"({m.sizes} vs {truth_map.sizes}); regrid it first.") from err
         maps[name], errors[name] = m, m - t
     panels = [("truth", truth_map), *maps.items()]
@@ -398,7 +400,7 @@ def plot_uncertainty(mean: xr.DataArray, std: xr.DataArray, path: str | Path, *,
     try:
         m, s = xr.align(m, s, join="exact")
     except ValueError as err:
-        raise ValueError(f"ensemble mean and std are on different grids ({m.sizes} vs "
+        raise InputError(f"ensemble mean and std are on different grids ({m.sizes} vs "
                          f"{s.sizes}).") from err
     members = members if members is not None else std.attrs.get("members")
     panels = [(f"{label} mean", m, plt.get_cmap("YlGn"), Normalize(0, _gpp_limit([m])),
@@ -498,16 +500,16 @@ def plot_density_scatter(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], pat
         try:
             pred, obs = pair
         except (TypeError, ValueError) as err:
-            raise ValueError(f"pairs[{name!r}] must be a (pred, obs) tuple of arrays.") from err
+            raise InputError(f"pairs[{name!r}] must be a (pred, obs) tuple of arrays.") from err
         pred, obs = np.asarray(pred, float).ravel(), np.asarray(obs, float).ravel()
         if pred.shape != obs.shape:
-            raise ValueError(f"pairs[{name!r}]: pred has {pred.size} values but obs has "
+            raise InputError(f"pairs[{name!r}]: pred has {pred.size} values but obs has "
                              f"{obs.size}; they must pair one to one.")
         ok = np.isfinite(pred) & np.isfinite(obs)
         clean[name] = (pred[ok], obs[ok])
     allv = np.concatenate([np.concatenate(v) for v in clean.values()])
     if allv.size == 0:
-        raise ValueError("no finite (pred, obs) pairs in any method; nothing to plot.")
+        raise InputError("no finite (pred, obs) pairs in any method; nothing to plot.")
     lo, hi = np.percentile(allv, [0.1, 99.9])
     lo, hi = min(0.0, float(lo)), float(hi) if hi > lo else float(lo) + 1
     edges = np.linspace(lo, hi, bins + 1)
@@ -609,18 +611,18 @@ def plot_quintile_bias(bias: Mapping[str, np.ndarray], path: str | Path, *,
     _require(bias, "bias")
     key = _BY.get(str(by).lower())
     if key is None:
-        raise ValueError(f"by={by!r} is not a binning variable; use 'observed' (EC GPP) or "
+        raise InputError(f"by={by!r} is not a binning variable; use 'observed' (EC GPP) or "
                          "'true' (the twin world's true GPP).")
     values = {k: np.asarray(v, float).ravel() for k, v in bias.items()}
     nbin = {v.size for v in values.values()}
     if len(nbin) != 1:
-        raise ValueError("every method needs the same number of bins; got "
+        raise InputError("every method needs the same number of bins; got "
                          + ", ".join(f"{k}: {v.size}" for k, v in values.items()) + ".")
     k = nbin.pop()
     spread = dict(spread or {})
     for name, s in spread.items():
         if np.asarray(s).size != k:
-            raise ValueError(f"spread[{name!r}] has {np.asarray(s).size} values; bias has {k} "
+            raise InputError(f"spread[{name!r}] has {np.asarray(s).size} values; bias has {k} "
                              "bins.")
     default_title, caption = _BY_TEXT[key]
     width = 0.8 / len(values)
@@ -660,7 +662,7 @@ def _one_d(da, name: str) -> xr.DataArray:
         raise TypeError(f"{name!r} must be an xarray.DataArray; got {type(da).__name__}.")
     da = da.squeeze(drop=True)
     if da.ndim != 1:
-        raise ValueError(f"{name!r} must be 1-D; got dims {da.dims}. Reduce it first.")
+        raise InputError(f"{name!r} must be 1-D; got dims {da.dims}. Reduce it first.")
     return da.compute()
 
 
@@ -696,7 +698,7 @@ def plot_zonal_means(zonal: Mapping[str, xr.DataArray], path: str | Path, *,
     for name, da in zonal.items():
         da = _one_d(da, name)
         if da.dims != ("lat",):
-            raise ValueError(f"zonal profile {name!r} must be on the 'lat' dim; got {da.dims}.")
+            raise InputError(f"zonal profile {name!r} must be on the 'lat' dim; got {da.dims}.")
         lines[name] = da.sortby("lat")
     with _figure(1, 1, (5.2, 5.6)) as (fig, axes):
         ax = axes[0][0]
@@ -848,9 +850,9 @@ def plot_annual_totals(totals: Mapping[str, tuple[np.ndarray, np.ndarray]], path
         try:
             years, vals = (np.asarray(a).ravel() for a in pair)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"totals[{name!r}] must be a (years, totals) tuple.") from err
+            raise InputError(f"totals[{name!r}] must be a (years, totals) tuple.") from err
         if years.size != vals.size:
-            raise ValueError(f"totals[{name!r}]: {years.size} years but {vals.size} totals.")
+            raise InputError(f"totals[{name!r}]: {years.size} years but {vals.size} totals.")
         clean[name] = (years.astype(float), vals.astype(float))
     import textwrap
 
@@ -917,7 +919,7 @@ def plot_learning_curves(histories: Mapping[str, Sequence[Mapping]], path: str |
                 continue
             missing = [k for k in ("epoch", "train_loss") if k not in recs[0]]
             if missing:
-                raise ValueError(f"history of phase {phase!r} lacks {missing}; records need "
+                raise InputError(f"history of phase {phase!r} lacks {missing}; records need "
                                  f"'epoch', 'train_loss' and 'val_loss' (got {sorted(recs[0])}).")
             ep = np.array([r["epoch"] for r in recs], float)
             train = np.array([r["train_loss"] for r in recs], float)

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xgpp.errors import InputError
+
 __all__ = ["Figure", "Section", "Table", "markdown_to_html", "write_report"]
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
@@ -57,7 +59,7 @@ class Table:
         out = []
         for i, row in enumerate(self.rows):
             if len(row) != len(self.columns):
-                raise ValueError(f"table {self.caption!r}: row {i} has {len(row)} cells but "
+                raise InputError(f"table {self.caption!r}: row {i} has {len(row)} cells but "
                                  f"there are {len(self.columns)} columns "
                                  f"({list(self.columns)}).")
             out.append([_cell(v, self.fmt) for v in row])
@@ -266,7 +268,7 @@ def _html_table(table: Table, number: int) -> str:
 def _data_uri(path: Path) -> str:
     mime = _MIME.get(path.suffix.lower())
     if mime is None:
-        raise ValueError(f"figure {path} has suffix {path.suffix!r}; the HTML report embeds "
+        raise InputError(f"figure {path} has suffix {path.suffix!r}; the HTML report embeds "
                          f"only {sorted(_MIME)} images.")
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from xgpp.errors import InputError
 from xgpp.landcover import IGBP_CODES
 
 __all__ = ["SLOPE_BOUNDS", "fit_relation", "slope_bounds"]
@@ -80,7 +81,7 @@ def fit_relation(sif: np.ndarray, gpp: np.ndarray, classes: np.ndarray, *,
     c = np.asarray(classes)[ok].astype(int)
     lo, hi = bounds if bounds is not None else slope_bounds()
     if len(s) < max(3, min_pairs):
-        raise ValueError(
+        raise InputError(
             f"cannot fit the SIF-GPP relation: only {len(s)} tower-date pairs have a SIF "
             f"sounding at the tower's cell (need {max(3, min_pairs)}). Use a longer record or "
             "a training window where the SIF product and the tower records overlap, lower "
@@ -106,7 +107,7 @@ def fit_relation(sif: np.ndarray, gpp: np.ndarray, classes: np.ndarray, *,
     outside = [k for k in fitted if not lo[k] <= slope[k] <= hi[k]]
     if len(outside) == len(fitted):
         found = {IGBP_CODES[k]: round(float(slope[k]), 2) for k in fitted}
-        raise ValueError(
+        raise InputError(
             f"every fitted SIF-GPP slope lies outside its bounds: fitted {found}, bounds "
             f"{ {IGBP_CODES[k]: (float(lo[k]), float(hi[k])) for k in fitted} } "
             "[gC m-2 d-1 per mW m-2 nm-1 sr-1]. Check the SIF units and scale (740 nm "

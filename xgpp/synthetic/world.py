@@ -20,6 +20,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from xgpp._version import __version__
+from xgpp.errors import UnknownOptionError
 from xgpp.landcover import flag_attrs
 from xgpp.synthetic.config import VARIANTS, WorldConfig
 from xgpp.synthetic.observe import observe_drivers, observe_oco2, observe_tropomi
@@ -325,7 +326,7 @@ def make_world(resolution: float = 1.0, start: str = "2017-01-01", end: str = "2
         ``drivers``, ``truth``, ``sif_tropomi``, ``sif_oco2`` and ``sites`` Datasets.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown world variant {variant!r}; choose one of {sorted(VARIANTS)}.")
+        raise UnknownOptionError(f"unknown world variant {variant!r}; choose one of {sorted(VARIANTS)}.")
     fields: dict[str, Any] = {"resolution": float(resolution), "start": str(start), "end": str(end),
                               "freq": freq, "variant": variant, **VARIANTS[variant], **overrides}
     if seed is not None:

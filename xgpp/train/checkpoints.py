@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from xgpp.errors import InputError
 from xgpp.models._format import _fs, _json_default
 
 __all__ = ["Checkpoints"]
@@ -38,7 +39,7 @@ class Checkpoints:
                 old = f.read()
             if old != text:
                 diff = _first_difference(json.loads(old), json.loads(text))
-                raise ValueError(
+                raise InputError(
                     f"{out} holds checkpoints of a different training run (first difference: "
                     f"{diff}); resuming would mix two runs. Use a new --out folder, or delete "
                     f"{self.root} to start over."

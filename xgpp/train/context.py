@@ -21,6 +21,7 @@ import torch
 import xarray as xr
 
 from xgpp._strings import as_str
+from xgpp.errors import InputError
 from xgpp.models.features import FeatureSpec, columns_from_dataset
 from xgpp.samples import site_samples
 from xgpp.splits import Fold
@@ -185,7 +186,7 @@ class TrainContext:
         present = np.unique(as_str(samples["site"].values))
         train_ids = present if fold is None else np.intersect1d(present, np.asarray(fold.train))
         if len(train_ids) == 0:
-            raise ValueError(f"no training site has valid samples (fold "
+            raise InputError(f"no training site has valid samples (fold "
                              f"{fold.name if fold else 'all'}: {len(fold.train) if fold else 0} "
                              f"training sites, {len(present)} sites with samples).")
         rng = np.random.default_rng([seed, 1])

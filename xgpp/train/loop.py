@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from xgpp.errors import DeviceError
+from xgpp.errors import DeviceError, InputError
 from xgpp.predict import resolve_device as _resolve_auto
 from xgpp.train.checkpoints import Checkpoints, _restore_optimizer
 from xgpp.train.config import PhaseConfig
@@ -218,7 +218,7 @@ def run_phase(phase: str, net: torch.nn.Module, *, batches: Callable[[int], Iter
                 m.update(pred, bt)
             n += rows
         if n == 0:
-            raise ValueError(f"phase {phase!r} got no training samples in epoch {epoch}; "
+            raise InputError(f"phase {phase!r} got no training samples in epoch {epoch}; "
                              "check that the cubes overlap and hold valid pixels.")
         train_loss = float(total) / n
         if val is not None:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from xgpp.errors import InputError, NotFoundError
+
 __all__ = ["L2SP", "l2sp", "masked_mse", "mse", "physics_residual"]
 
 
@@ -92,7 +94,7 @@ class L2SP:
     def __init__(self, net: torch.nn.Module, reference: Mapping[str, torch.Tensor], *,
                  alpha: float, beta: float, new_prefix: str = "head.") -> None:
         if alpha < 0 or beta < 0:
-            raise ValueError(f"L2-SP weights must be >= 0; got alpha={alpha}, beta={beta}.")
+            raise InputError(f"L2-SP weights must be >= 0; got alpha={alpha}, beta={beta}.")
         self.alpha, self.beta = float(alpha), float(beta)
         self.shared: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self.new: list[torch.nn.Parameter] = []
@@ -102,11 +104,11 @@ class L2SP:
             elif name in reference:
                 ref = reference[name]
                 if ref.shape != p.shape:
-                    raise ValueError(f"L2-SP reference {name!r} has shape {tuple(ref.shape)}, "
+                    raise InputError(f"L2-SP reference {name!r} has shape {tuple(ref.shape)}, "
                                      f"the parameter {tuple(p.shape)}.")
                 self.shared.append((p, ref.detach().clone().to(p.device, p.dtype)))
             else:
-                raise KeyError(f"parameter {name!r} is neither new ({new_prefix!r}...) nor in "
+                raise NotFoundError(f"parameter {name!r} is neither new ({new_prefix!r}...) nor in "
                                f"the pre-trained reference ({sorted(reference)[:4]}...).")
 
     def penalty(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,7 +78,7 @@ def register_method(name: str, **record: Any) -> Callable[[Callable], Callable]:
 
     def deco(fit: Callable[[Any], Any]) -> Callable[[Any], Any]:
         if name in METHODS and METHODS[name].fit is not fit:
-            raise ValueError(f"training method {name!r} is already registered by "
+            raise InputError(f"training method {name!r} is already registered by "
                              f"{METHODS[name].fit.__module__}.")
         METHODS[name] = Method(name, fit, **record)
         return fit

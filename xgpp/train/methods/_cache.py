@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from xgpp.errors import BundleError
 from xgpp.models._format import _fs, _json_default, weights_sha256
 
 __all__ = ["CACHE_FORMAT", "ENV_VAR", "PretrainCache", "PretrainCacheWarning", "cache_key",
@@ -163,5 +164,5 @@ def _header_metadata(blob: bytes) -> dict[str, str]:
     n = int.from_bytes(blob[:8], "little")
     meta = json.loads(blob[8:8 + n]).get("__metadata__") or {}
     if _META_KEY not in meta:
-        raise ValueError(f"no {_META_KEY!r} record in the safetensors metadata")
+        raise BundleError(f"no {_META_KEY!r} record in the safetensors metadata")
     return meta

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from xgpp._strings import as_str
+from xgpp.errors import InputError
 from xgpp.models.moe import GateStats
 from xgpp.sif_gpp import fit_relation, slope_bounds
 from xgpp.splits import split_parts
@@ -155,7 +156,7 @@ def _sounding_moments(ctx, index: TrackIndex, use: np.ndarray, var: str) -> tupl
         v = v[np.isfinite(v)]
         total, total2, n = total + v.sum(), total2 + (v * v).sum(), n + len(v)
     if n < 2:
-        raise ValueError(f"only {n} finite training soundings of {var!r}; cannot normalise SIF.")
+        raise InputError(f"only {n} finite training soundings of {var!r}; cannot normalise SIF.")
     mean = total / n
     std = float(np.sqrt(max(total2 / n - mean * mean, 0.0))) or 1.0
     return float(mean), std
@@ -181,7 +182,7 @@ def prepare(ctx, *, relation: bool = True) -> TrackData:
         test)
     fit = ~test & ~val
     if not fit.any():
-        raise ValueError(f"no training soundings left: {int(test.sum())} held out, "
+        raise InputError(f"no training soundings left: {int(test.sum())} held out, "
                          f"{int(val.sum())} for validation of {index.n_soundings}.")
     s_mean, s_std = _sounding_moments(ctx, index, fit, cfg.sif_var)
     ctx.provenance["sif_normalisation"] = {"mean": s_mean, "std": s_std}
