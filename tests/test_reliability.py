@@ -206,7 +206,8 @@ def test_training_killed_mid_epoch_resumes_to_the_same_model(tmp_path, small_wor
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    saved = json.loads(open(ckpt).read())
+    with open(ckpt) as f:
+        saved = json.load(f)
     lines = log.read_text().splitlines()
     last_epoch = max(i for i, line in enumerate(lines) if line.startswith("epoch"))
     assert not saved["done"] and saved["epoch"] < 6

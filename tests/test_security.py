@@ -55,7 +55,8 @@ class _Payload:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('unpickled')",))
+        return (exec, ("import pathlib; "
+                       f"pathlib.Path({self.marker!r}).write_text('unpickled')",))
 
 
 def pickle_bomb(marker: Path) -> bytes:

@@ -54,6 +54,7 @@ __all__ = [
     "gpu_available",
     "register_backend",
     "resolve_kind",
+    "restored_environ",
     "worker_config",
     "worker_environment",
 ]
@@ -211,7 +212,7 @@ class _ClientBackend:
         self.client: Client | None = None
         self.cluster: Any = None
         self._config: contextlib.AbstractContextManager | None = None
-        self._saved_environ: dict[str, str | None] = {}
+        self._environ: contextlib.AbstractContextManager | None = None
 
     def _set_worker_environment(self, env: dict[str, str],
                                 config: dict[str, Any] | None = None) -> None:
@@ -222,10 +223,9 @@ class _ClientBackend:
         """
         import dask
 
-        # distributed's nanny copies these into this process's os.environ (and prefers
-        # os.environ over the config the next time), so a later cluster with another memory
-        # limit would inherit this one's settings: they are restored in close()
-        self._saved_environ = {k: os.environ.get(k) for k in env}
+        # the nanny copies env into this process's os.environ: put it back in close()
+        self._environ = restored_environ(env)
+        self._environ.__enter__()
         self._config = dask.config.set({"distributed.nanny.pre-spawn-environ": env,
                                         **(config if config is not None else worker_config())})
         self._config.__enter__()
@@ -249,12 +249,9 @@ class _ClientBackend:
             if self._config is not None:
                 self._config.__exit__(None, None, None)
                 self._config = None
-            for key, value in self._saved_environ.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            self._saved_environ = {}
+            if self._environ is not None:
+                self._environ.__exit__(None, None, None)
+                self._environ = None
 
 
 @register_backend
@@ -487,8 +484,28 @@ def gpu_process_cluster(gpus: list[str], processes_per_gpu: int, threads_per_wor
     # glibc reads MALLOC_* when a process starts: they must be in the environment the nanny
     # spawns the worker with (each nanny reads this when it is created, here)
     env = worker_environment(threads_per_worker, torch_threads=1)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": env, **worker_config()}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env, **worker_config()}), \
+            restored_environ(env):
         return SpecCluster(workers=workers, scheduler=scheduler, name="xgpp-gpu")
+
+
+@contextlib.contextmanager
+def restored_environ(env: Mapping[str, str]) -> Iterator[None]:
+    """Put back this process's values of ``env``'s keys on exit.
+
+    distributed's nanny copies ``pre-spawn-environ`` into the spawning process's
+    ``os.environ`` and prefers ``os.environ`` over the config the next time, so without this
+    a later cluster (another memory limit, another thread count) would inherit these values.
+    """
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @register_backend
