@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from test_docs import api_page_entries  # the one parser of docs/api.rst
 
 import xgpp
 from xgpp.errors import InputError, NotFoundError
@@ -236,21 +237,6 @@ def test_docstring_parameter_parser_reads_numpydoc_sections():
 # --------------------------------------------------------------------------- the top level
 
 
-def _api_page_entries() -> set[str]:
-    """Full dotted names of docs/api.rst's autosummary entries."""
-    entries, module, in_summary = set(), None, False
-    for line in API_PAGE.read_text().splitlines():
-        if m := re.match(r"^\.\. currentmodule:: (\S+)", line):
-            module = m.group(1)
-        elif line.startswith(".. autosummary::"):
-            in_summary = True
-        elif in_summary and (m := re.match(r"^ {3}~?([A-Za-z_][\w.]*)\s*$", line)):
-            entries.add(f"{module}.{m.group(1)}")
-        elif line and not line.startswith(" "):
-            in_summary = False
-    return entries
-
-
 @pytest.mark.parametrize("name", xgpp.__all__)
 def test_every_top_level_name_resolves_and_is_on_the_api_page(name):
     value = getattr(xgpp, name)
@@ -268,7 +254,7 @@ def test_every_top_level_name_resolves_and_is_on_the_api_page(name):
     else:
         assert value is getattr(_module(home), name)
         # listed under "Top level" (xgpp.NAME) or in its module's section (e.g. WorldConfig)
-        entries = _api_page_entries()
+        entries = set(api_page_entries())
         assert f"xgpp.{name}" in entries or f"{home}.{name}" in entries, \
             f"docs/api.rst lists neither xgpp.{name} nor {home}.{name}"
 
