@@ -965,8 +965,26 @@ def _open_zarr(url: str, storage_options: Mapping[str, Any]) -> xr.Dataset:
     _check_index_coords(lazy, url)
     v3 = any("serializer" in v.encoding for v in lazy.variables.values())  # v2 has no serializer
     local = url[len("file://"):] if url.startswith("file://") else (None if "://" in url else url)
+    remote = bool(options) and "://" in url and not url.startswith("file://")
     return _plain_strings(guarded_dataset(lazy, url, local_path=local,
-                                          zarr_format=3 if v3 else 2))
+                                          zarr_format=3 if v3 else 2,
+                                          group=_zarr_group(url, options if remote else {},
+                                                            consolidated),
+                                          storage_options=options if remote else None))
+
+
+def _zarr_group(url: str, options: Mapping[str, Any], consolidated: bool | None) -> Any:
+    """The store's Zarr group (metadata only) for the direct chunk reader, or None.
+
+    None when zarr cannot open the store as a group: then every read goes through xarray.
+    """
+    import zarr
+
+    try:
+        return zarr.open_group(url, mode="r", storage_options=dict(options) or None,
+                               use_consolidated=consolidated)
+    except Exception:  # noqa: BLE001 - any failure only means no fast path
+        return None
 
 
 def _plain_strings(ds: xr.Dataset) -> xr.Dataset:

@@ -19,6 +19,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from xgpp.errors import CorruptChunkError, XgppError
+from xgpp.io._chunkread import ChunkReader, chunk_reader
 
 __all__ = ["GuardedArray", "guarded_dataset"]
 
@@ -38,10 +39,14 @@ class GuardedArray:
         Stored chunk shape (Zarr) to name the chunk key; None for netCDF files.
     zarr_format : int
         2 or 3: spelling of the chunk key (``0.1.0`` or ``c/0/1/0``).
+    reader : ChunkReader, optional
+        Reads whole stored chunks straight from the store (:mod:`xgpp.io._chunkread`); reads
+        it does not serve go through ``var``.
     """
 
     def __init__(self, var: xr.Variable, where: str, name: str,
-                 chunk_shape: tuple[int, ...] | None = None, zarr_format: int = 3) -> None:
+                 chunk_shape: tuple[int, ...] | None = None, zarr_format: int = 3,
+                 reader: ChunkReader | None = None) -> None:
         self.var = var
         self.where = where
         self.name = name
@@ -50,9 +55,14 @@ class GuardedArray:
         self.shape = tuple(var.shape)
         self.dtype = var.dtype
         self.ndim = var.ndim
+        self.reader = reader
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
+            if self.reader is not None:
+                got = self.reader.read(key)
+                if got is not None:
+                    return got
             return np.asarray(self.var[key].values)
         except XgppError:
             raise
@@ -101,14 +111,17 @@ def _mtime(path: str | None) -> float | None:
 
 
 def guarded_dataset(lazy: xr.Dataset, where: str, *, local_path: str | None = None,
-                    zarr_format: int | None = None) -> xr.Dataset:
+                    zarr_format: int | None = None, group: Any = None,
+                    storage_options: dict[str, Any] | None = None) -> xr.Dataset:
     """Give every lazily read variable of ``lazy`` a dask array over a :class:`GuardedArray`.
 
     ``lazy`` must be opened with ``chunks=None, cache=False`` (backend arrays, nothing read);
     dask chunks follow the variables' ``preferred_chunks`` (the stored chunks, as
     ``chunks={}`` would), dask names derive from ``where``, the file's modification time and
     the variable, so they are deterministic across processes.  Index coordinates are read now,
-    as xarray does.
+    as xarray does.  With ``group``, the Zarr group ``lazy`` was opened from (at URL ``where``,
+    with ``storage_options``), whole stored chunks are read by a
+    :class:`~xgpp.io._chunkread.ChunkReader` wherever it gives xarray's values exactly.
     """
     stamp = _mtime(local_path)
     out = {}
@@ -119,9 +132,15 @@ def guarded_dataset(lazy: xr.Dataset, where: str, *, local_path: str | None = No
         chunks = tuple(int(preferred.get(d, n)) or 1 for d, n in zip(var.dims, var.shape,
                                                                   strict=True))
         stored = var.encoding.get("chunks") if zarr_format else None
+        reader = None
+        if group is not None:
+            try:
+                reader = chunk_reader(group[str(name)], var, where, storage_options)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                reader = None  # not a plain array of this group: xarray's path reads it
         guard = GuardedArray(var, where, str(name),
                              tuple(int(c) for c in stored) if stored else None,
-                             zarr_format or 3)
+                             zarr_format or 3, reader)
         token = tokenize(where, stamp, str(name), var.dims, var.shape, str(var.dtype), chunks)
         arr = da.from_array(guard, chunks=chunks or (), name=f"xgpp-read-{name}-{token}",
                             asarray=False, fancy=False, meta=np.empty((0,) * var.ndim,
