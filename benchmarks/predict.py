@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import DATA, PeakMemory, default_model, describe, world  # noqa: E402
 
 import xgpp  # noqa: E402
+from xgpp.io._chunkread import numcodec  # noqa: E402
 
 OUT = DATA / "out"
 
@@ -160,22 +161,6 @@ def io_floor(ds: xr.Dataset, varying: list[str], path: Path, like: Path):
 _REF: dict = {}
 
 
-def _numcodec(codec):
-    """The numcodecs codec doing what a Zarr v3 compressor does (the stores' own settings)."""
-    import numcodecs
-    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
-
-    if isinstance(codec, ZstdCodec):
-        return numcodecs.Zstd(level=codec.level, checksum=codec.checksum)
-    if isinstance(codec, BloscCodec):
-        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(codec.shuffle.value)]
-        return numcodecs.Blosc(cname=str(codec.cname.value), clevel=codec.clevel,
-                               shuffle=shuffle, blocksize=codec.blocksize)
-    if isinstance(codec, GzipCodec):
-        return numcodecs.GZip(level=codec.level)
-    raise NotImplementedError(f"no numcodecs equivalent of {codec!r} in this benchmark")
-
-
 class CodecLimit:
     """The raw codec limit: stored chunk bytes in memory, decoded with the input stores' codecs,
     and output chunks encoded with the output store's codec, a thread pool over chunks."""
@@ -185,11 +170,14 @@ class CodecLimit:
 
         self.tasks = []
         out = zarr.open_array(str(output_store / "gpp"), mode="r")
-        (enc,) = [_numcodec(c) for c in out.compressors]
+        (enc,) = [numcodec(c) for c in out.compressors]
         self.encoder, self.out_codec = enc, out.compressors[0]
         arrays = {v: zarr.open_array(str(drivers_store / v), mode="r") for v in varying}
-        decoders = {v: [_numcodec(c) for c in a.compressors] for v, a in arrays.items()}
+        decoders = {v: [numcodec(c) for c in a.compressors] for v, a in arrays.items()}
         self.in_codec = arrays[varying[0]].compressors[0]
+        if enc is None or any(d is None for ds in decoders.values() for d in ds):
+            raise NotImplementedError(f"no numcodecs equivalent of the codecs of {output_store} "
+                                      f"or {drivers_store} in this benchmark")
         grid = [range(-(-s // c)) for s, c in zip(out.shape, out.chunks, strict=True)]
         self.nbytes = 0
         for idx in itertools.product(*grid):

@@ -60,6 +60,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# --------------------------------------------------------------------------- environment
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_environ() -> Iterator[None]:
+    """Give every test the environment it started with back.
+
+    distributed's nanny copies ``distributed.nanny.pre-spawn-environ`` into this process's
+    ``os.environ`` and prefers it over the config for every later nanny, so one test that
+    starts a bare ``LocalCluster`` would hand its ``MALLOC_*`` settings to the clusters of all
+    tests after it.  A test that checks xgpp's own restoring does so inside the test.
+    """
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 # --------------------------------------------------------------------------- S3 (moto)
 
 

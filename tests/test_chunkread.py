@@ -471,7 +471,7 @@ def test_damaged_chunk_raises_corrupt_chunk_error_naming_it(tmp_path, fmt):
 
 
 def test_reader_pickles_and_reads_on_a_process_cluster(tmp_path):
-    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("distributed")
     a = _field(14)
     fill = np.where(a > 9, np.float32(-9999), a).astype("f4")
     url = _write(tmp_path / "c.zarr", {"f": a, "fill": fill}, 3,
@@ -484,9 +484,10 @@ def test_reader_pickles_and_reads_on_a_process_cluster(tmp_path):
     assert clone._fs is None  # reopened where it is used
     whole = (slice(3, 6), slice(4, 8), slice(0, 4))
     assert_identical_values(clone.read(whole), ref["fill"].values[whole])
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
+    # xgpp's own process cluster (a bare LocalCluster would leave distributed's
+    # pre-spawn-environ in this process's os.environ for later clusters)
+    with xgpp.cluster("local", n_workers=1, threads_per_worker=1, memory_limit="1GiB",
+                      dashboard_address=None) as client:
         on_worker = client.submit(lambda r, k: r.read(k), reader, whole, pure=False).result()
         assert_identical_values(on_worker, ref["fill"].values[whole])
         for name in ("f", "fill"):

@@ -130,6 +130,8 @@ class ChunkReader:
                 if step != 1 or stop <= start:
                     return None
             elif isinstance(k, (int, np.integer)):
+                if not -n <= k < n:
+                    return None  # out of range: the caller's path raises as xarray does
                 start = int(k) + n if k < 0 else int(k)
                 stop = start + 1
             else:
@@ -187,7 +189,9 @@ class ChunkReader:
         if where is None:
             return None
         idx, part = where
-        return np.ascontiguousarray(self.read_chunk(idx)[part])
+        # a copy: 0-d for an all-int key (as numpy gives), C order, writeable (the decoded
+        # buffer is read-only) and not a view holding the whole chunk alive
+        return np.array(self.read_chunk(idx)[part], order="C")
 
 
 def chunk_reader(array: Any, var: Any, url: str,

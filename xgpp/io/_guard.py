@@ -97,6 +97,8 @@ class GuardedArray:
             return ""
         idx = [str(a // max(int(c), 1)) for (a, _), c in zip(self._starts(key),
                                                               self.chunk_shape, strict=False)]
+        if self.reader is not None and idx:  # the store's own key encoding
+            return f" (Zarr chunk {self.name}/{self.reader.key_of(tuple(map(int, idx)))})"
         if not idx:
             return f" (Zarr chunk {self.name}/{'c' if self.zarr_format == 3 else '0'})"
         key_text = "c/" + "/".join(idx) if self.zarr_format == 3 else ".".join(idx)
