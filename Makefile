@@ -32,8 +32,11 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/xgpp demo
 
 # `make test` lints first (ruff, then mypy with pyproject's [tool.mypy]): .ci/run calls it.
+# Test files are spread over TEST_WORKERS processes (pytest-xdist; a file's tests stay in one
+# process, so its fixtures are built once); `make test TEST_WORKERS=0` runs them in one.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check xgpp tests benchmarks
