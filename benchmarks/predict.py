@@ -150,12 +150,22 @@ def io_floor(ds: xr.Dataset, varying: list[str], path: Path, like: Path):
 
     compressors = zarr.open_array(str(like / "gpp"), mode="r").compressors
 
+    import dask.array as da
+
     def fn() -> None:
         shutil.rmtree(path, ignore_errors=True)
-        total = sum(ds[v] for v in varying).astype("float32").rename("gpp")
-        total.to_dataset().to_zarr(path, mode="w", zarr_format=3, consolidated=False,
-                                   encoding={"gpp": {"compressors": compressors}})
+        # every input's chunk is read and decoded, the first one is written: I/O and nothing
+        # else (adding the inputs up, as this floor once did, costs a tenth of its time)
+        first = ds[varying[0]]
+        data = da.map_blocks(_first_block, *(ds[v].data for v in varying), dtype=np.float32)
+        out = xr.DataArray(data, dims=first.dims, coords=first.coords, name="gpp")
+        out.to_dataset().to_zarr(path, mode="w", zarr_format=3, consolidated=False,
+                                 encoding={"gpp": {"compressors": compressors}})
     return fn
+
+
+def _first_block(*blocks: np.ndarray) -> np.ndarray:
+    return np.asarray(blocks[0], np.float32)
 
 
 _REF: dict = {}

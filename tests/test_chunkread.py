@@ -619,3 +619,17 @@ def test_out_of_range_integer_keys_raise_as_xarray_does(tmp_path, fmt):
                 guard[key]
         else:
             assert_identical_values(guard[key], want)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_reads_are_fresh_writeable_arrays(tmp_path, fmt):
+    """Functions mapped over blocks may write into their input: what the reader returns must be
+    writeable and its own (writing into one read never changes the next), whole chunk or part."""
+    guard, plain = _guard_pair(tmp_path, fmt)
+    whole = tuple(slice(0, c) for c in CHUNKS)
+    part = (slice(1, 3), slice(0, 2), slice(1, 4))
+    for key in (whole, part):
+        got = guard[key]
+        assert got.flags.writeable and got.flags.c_contiguous
+        got[...] = 7.0
+        assert_identical_values(guard[key], plain[key])

@@ -156,10 +156,7 @@ class ChunkReader:
         except FileNotFoundError:
             out = np.full(self.chunks, self.fill_value, dtype=self.dtype.newbyteorder("="))
             return self._masked(out)
-        buf = raw
-        for codec in reversed(self.codecs):
-            buf = codec.decode(buf)
-        arr = np.frombuffer(buf, dtype=self.dtype)
+        arr = self._decode(raw)
         if arr.size != math.prod(self.chunks):
             raise ValueError(f"chunk {self.key_of(idx)} decodes to {arr.size} elements, the "
                              f"array's chunk shape {self.chunks} holds {math.prod(self.chunks)}")
@@ -167,6 +164,25 @@ class ChunkReader:
         if not arr.dtype.isnative:
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return self._masked(arr)
+
+    def _decode(self, raw: bytes) -> np.ndarray:
+        """The chunk's stored bytes decoded, as a flat array of the stored dtype.
+
+        The last codec decodes straight into a new array of the chunk's size (numcodecs'
+        ``out=``), which is writeable and needs no further copy; a buffer of another size (a
+        damaged chunk) is decoded again without it so that the size check names it.
+        """
+        if not self.codecs:
+            return np.frombuffer(raw, dtype=self.dtype).copy()
+        buf: Any = raw
+        for codec in reversed(self.codecs[1:]):
+            buf = codec.decode(buf)
+        out = np.empty(math.prod(self.chunks), dtype=self.dtype)
+        try:
+            self.codecs[0].decode(buf, out=out)
+            return out
+        except Exception:  # noqa: BLE001 - wrong size or damage: decode as is, checked after
+            return np.frombuffer(self.codecs[0].decode(buf), dtype=self.dtype)
 
     def _masked(self, arr: np.ndarray) -> np.ndarray:
         if not self.mask:
@@ -189,9 +205,14 @@ class ChunkReader:
         if where is None:
             return None
         idx, part = where
-        # a copy: 0-d for an all-int key (as numpy gives), C order, writeable (the decoded
-        # buffer is read-only) and not a view holding the whole chunk alive
-        return np.array(self.read_chunk(idx)[part], order="C")
+        chunk = self.read_chunk(idx)
+        got = chunk[part]
+        if (isinstance(got, np.ndarray) and got.shape == chunk.shape
+                and got.flags.c_contiguous and got.flags.writeable):
+            return got  # the whole chunk, freshly decoded: no copy
+        # else a copy: 0-d for an all-int key (as numpy gives), C order, writeable, and not a
+        # view that keeps the whole chunk alive
+        return np.array(got, order="C")
 
 
 def chunk_reader(array: Any, var: Any, url: str,
