@@ -467,6 +467,30 @@ def test_damaged_chunk_raises_corrupt_chunk_error_naming_it(tmp_path, fmt):
                                 ref[name].data.blocks[1, 0, 0].compute())
 
 
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_valid_chunk_of_the_wrong_size_is_damage_not_garbage(tmp_path, fmt):
+    """A well-formed frame that decodes to fewer (or more) values than the chunk holds (a chunk
+    copied from another array, a store rewritten with other chunks) must raise, never leave
+    part of the chunk as uninitialised memory: numcodecs' ``decode(out=)`` does not check."""
+    codecs = {3: {"zstd": [ZstdCodec()], "blosc": [BloscCodec(cname="lz4", typesize=4)],
+                  "gzip": [GzipCodec()]},
+              2: {"zstd": [numcodecs.Zstd()], "blosc": [numcodecs.Blosc()]}}[fmt]
+    data = {name: _field(60 + i) for i, name in enumerate(codecs)}
+    url = _write(tmp_path / "c.zarr", data, fmt, {n: {"compressors": c} for n, c in codecs.items()})
+    key = "c/0/0/0" if fmt == 3 else "0.0.0"
+    n = int(np.prod(CHUNKS))
+    cube = xgpp.open_cube(url)
+    for name in codecs:
+        reader = guard_of(cube, name).reader
+        assert reader is not None, name
+        for size in (n - 1, n + 1):
+            encoded = reader.codecs[0].encode(np.arange(size, dtype="f4"))
+            (Path(url) / name / key).write_bytes(encoded)
+            with pytest.raises(CorruptChunkError, match=f"{name}/{key}"):
+                _ = cube[name][0:3, 0:4, 0:4].values
+
+
 # --------------------------------------------------------------------------- 5. cluster
 
 

@@ -56,6 +56,32 @@ def numcodec(codec: Any) -> Any:
     return None
 
 
+def _decoded_nbytes(codec: Any, buf: Any) -> int | None:
+    """How many bytes ``codec`` says ``buf`` decodes to, from its header; None if unknown."""
+    import numcodecs
+
+    view = memoryview(buf).cast("B")
+    if isinstance(codec, numcodecs.Zstd):
+        # frame header (RFC 8878, 3.1.1): magic, descriptor, [window], [dictionary id], size
+        if len(view) < 6 or bytes(view[:4]) != b"\x28\xb5\x2f\xfd":
+            return None
+        desc = view[4]
+        single = (desc >> 5) & 1
+        at = 5 + (1 - single) + (0, 1, 2, 4)[desc & 3]
+        width = (single, 2, 4, 8)[desc >> 6]
+        if not width or len(view) < at + width:
+            return None
+        size = int.from_bytes(view[at:at + width], "little")
+        return size + 256 if width == 2 else size
+    if isinstance(codec, numcodecs.Blosc):
+        # Blosc 1 header: version, versionlz, flags, typesize, then nbytes, blocksize and
+        # cbytes as little-endian uint32; cbytes is the whole buffer's length
+        if len(view) < 16 or int.from_bytes(view[12:16], "little") != len(view):
+            return None
+        return int.from_bytes(view[4:8], "little")
+    return None
+
+
 class ChunkReader:
     """Reads whole stored chunks of one Zarr array: bytes from the store, numcodecs decode.
 
@@ -168,21 +194,24 @@ class ChunkReader:
     def _decode(self, raw: bytes) -> np.ndarray:
         """The chunk's stored bytes decoded, as a flat array of the stored dtype.
 
-        The last codec decodes straight into a new array of the chunk's size (numcodecs'
-        ``out=``), which is writeable and needs no further copy; a buffer of another size (a
-        damaged chunk) is decoded again without it so that the size check names it.
+        Where the last codec's own header says the chunk decodes to exactly the chunk's size
+        (Zstd's frame content size, Blosc's header), it decodes straight into a new array
+        (numcodecs' ``out=``), which is writeable and needs no further copy.  numcodecs fills
+        such an array without checking that the data fill all of it, so every other case (no
+        size in the header, another size: a damaged chunk) decodes into its own buffer, whose
+        size the caller checks.
         """
         if not self.codecs:
-            return np.frombuffer(raw, dtype=self.dtype).copy()
+            return np.frombuffer(raw, dtype=self.dtype)
         buf: Any = raw
         for codec in reversed(self.codecs[1:]):
             buf = codec.decode(buf)
-        out = np.empty(math.prod(self.chunks), dtype=self.dtype)
-        try:
-            self.codecs[0].decode(buf, out=out)
+        last, n = self.codecs[0], math.prod(self.chunks)
+        if _decoded_nbytes(last, buf) == n * self.dtype.itemsize:
+            out = np.empty(n, dtype=self.dtype)
+            last.decode(buf, out=out)
             return out
-        except Exception:  # noqa: BLE001 - wrong size or damage: decode as is, checked after
-            return np.frombuffer(self.codecs[0].decode(buf), dtype=self.dtype)
+        return np.frombuffer(last.decode(buf), dtype=self.dtype)
 
     def _masked(self, arr: np.ndarray) -> np.ndarray:
         if not self.mask:
