@@ -496,6 +496,16 @@ def restored_environ(env: Mapping[str, str]) -> Iterator[None]:
     distributed's nanny copies ``pre-spawn-environ`` into the spawning process's
     ``os.environ`` and prefers ``os.environ`` over the config the next time, so without this
     a later cluster (another memory limit, another thread count) would inherit these values.
+
+    Parameters
+    ----------
+    env : mapping of str to str
+        The variables whose current values (or absence) are put back.
+
+    Yields
+    ------
+    None
+        While the block runs; on exit each key has its value from before (or is unset).
     """
     saved = {k: os.environ.get(k) for k in env}
     try:
