@@ -142,3 +142,21 @@ def test_rowwise_one_forward_pass_per_batch(drivers, monkeypatch):
     assert n == len(calls) == -(-n_valid // bs)
     assert sum(calls) == n_valid and max(calls) == bs
     assert np.isfinite(flat[0, valid]).all() and np.isnan(flat[0, ~valid]).all()
+
+
+def test_rowwise_time_varying_land_cover_is_transformed_per_row(drivers):
+    """A land cover given per time step cannot be featurised once per grid cell: the kernel
+    transforms such batches whole, and still gives the generic path's bits."""
+    model = _model(drivers, FeatureConfig())
+    chunk = drivers.isel(time=slice(0, 12), lat=slice(15, 30), lon=slice(0, 20)).compute()
+    igbp = chunk["igbp"].broadcast_like(chunk["tair"]).copy()
+    igbp[5:] = igbp[5:].where(igbp[5:] != igbp[5:].max(), 0)  # one class changes over time
+    ds = chunk.assign(igbp=igbp.transpose("time", "lat", "lon"))
+    varying, static = P.check_inputs(ds, model)
+    assert "igbp" in varying
+    fast = predict(ds, model)["gpp"].values
+    slow = predict(ds, _generic(model))["gpp"].values
+    assert np.isfinite(fast).any()
+    np.testing.assert_array_equal(fast, slow)
+    per_cell = predict(chunk, model)["gpp"].values
+    assert not np.array_equal(fast, per_cell, equal_nan=True)  # the changed class is seen

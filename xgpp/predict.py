@@ -363,16 +363,19 @@ def _predict_rows(model: Any, arrays: Sequence[np.ndarray], varying: list[str],
                   precision: str) -> int:
     """Featurise and predict one chunk's valid rows batch by batch, into ``flat`` in place.
 
-    The same numbers as ``model.features(chunk)`` then ``model.predict_numpy``: the same
-    feature kernel (:meth:`FeatureSpec.transform`) on the same rows, and forward passes over
-    the same batches, so the features are bit for bit the same and the outputs too, except
-    that torch may round the last bit of a small batch differently when its rows start at
-    another memory alignment (this path always aligns them to 64 bytes, so it gives the
-    same bits in every process).  It works without the chunk-sized intermediates: the valid
-    rows of each batch of ``batch_size`` are gathered from the chunk's arrays and
-    transformed into one reused, cache-sized feature buffer, and static fields and
-    coordinates are read per row instead of being broadcast over time.  ``flat`` is (outputs, pixels), NaN where no input;
-    ``lat`` and ``lon`` are the chunk's coordinates.  Returns the number of batches.
+    The same numbers as ``model.features(chunk)`` then ``model.predict_numpy``: the features
+    of :meth:`FeatureSpec.transform` on the same rows, and forward passes over the same
+    batches, so the features are bit for bit the same and the outputs too, except that
+    torch may round the last bit of a small batch differently when its rows start at another
+    memory alignment (this path always aligns them to 64 bytes, so it gives the same bits in
+    every process).  It works without the chunk-sized intermediates, into one reused,
+    cache-sized feature buffer.  The columns that depend on the grid cell only (static
+    fields, coordinates, the IGBP encoding) are transformed once per cell of the chunk
+    (:func:`_cell_features`) and each batch gathers its rows of them; the time-varying inputs'
+    columns are then scaled row by row (:meth:`FeatureSpec.scale_into`).  Where a
+    time-varying input is not a scaled column (a land cover that changes over time), each
+    batch is transformed whole.  ``flat`` is (outputs, pixels), NaN where no input; ``lat``
+    and ``lon`` are the chunk's coordinates.  Returns the number of batches.
     """
     from xgpp.models.base import default_batch_size
 
@@ -388,24 +391,50 @@ def _predict_rows(model: Any, arrays: Sequence[np.ndarray], varying: list[str],
     rows = np.flatnonzero(spec.valid_mask(full))
     if not rows.size:
         return 0
-    lat32 = np.asarray(lat, np.float32)
-    lon32 = np.asarray(lon, np.float32)
+    by_cell = all(n in spec.config.scaled for n in cols)
+    cells = _cell_features(spec, fields, lat, lon, list(cols)) if by_cell else None
+    scaled = [(n, spec.names.index(n), c) for n, c in cols.items()] if by_cell else []
+    lat32, lon32 = np.asarray(lat, np.float32), np.asarray(lon, np.float32)
     bs = int(batch_size or default_batch_size(device))
     buf = _aligned((min(bs, rows.size), spec.n_features))
     n_batches = 0
     with _torch_threads():
         for i in range(0, rows.size, bs):
             r = rows[i:i + bs]
+            x = buf[:r.size]
             cell = r % nyx
-            part = {n: c[r] for n, c in cols.items()}
-            part |= {n: f[cell] for n, f in fields.items()}
-            part["lat"], part["lon"] = lat32[cell // shape[2]], lon32[cell % shape[2]]
-            x = spec.transform(part, out=buf[:r.size])
+            if cells is not None:
+                np.take(cells, cell, axis=0, out=x)  # columns of static fields and the grid
+                for n, j, c in scaled:  # then those of the time-varying inputs
+                    spec.scale_into(n, c[r], x[:, j])
+            else:
+                part = {n: c[r] for n, c in cols.items()}
+                part |= {n: f[cell] for n, f in fields.items()}
+                part["lat"], part["lon"] = lat32[cell // shape[2]], lon32[cell % shape[2]]
+                spec.transform(part, out=x)
             y = model.predict_numpy(x, device=device, batch_size=bs, precision=precision)
             for k, c in enumerate(columns):
                 flat[k, r] = y[:, c]
             n_batches += 1
     return n_batches
+
+
+def _cell_features(spec: Any, fields: dict[str, np.ndarray], lat: np.ndarray, lon: np.ndarray,
+                   varying: list[str]) -> np.ndarray:
+    """Feature rows of a chunk's grid cells ``(lat * lon, n_features)``, float32.
+
+    Every column that depends on the cell only (static fields, latitude and longitude, the
+    IGBP encoding) is :meth:`FeatureSpec.transform` of that cell, so a row gathered from here
+    has those columns' bits; the columns of the time-varying inputs (``varying``) hold zeros,
+    for the caller to fill row by row (:meth:`FeatureSpec.scale_into`).
+    """
+    ny, nx = len(lat), len(lon)
+    per_cell = dict(fields)
+    per_cell["lat"] = np.repeat(np.asarray(lat, np.float32), nx)
+    per_cell["lon"] = np.tile(np.asarray(lon, np.float32), ny)
+    zero = np.zeros(ny * nx, np.float32)
+    per_cell |= {n: zero for n in varying}
+    return spec.transform(per_cell, out=_aligned((ny * nx, spec.n_features)))
 
 
 def _ensemble_block(*blocks: Any, varying: list[str], static: list[str],

@@ -283,6 +283,15 @@ class FeatureSpec:
             ok &= (cls_ >= 0) & (cls_ < N_IGBP)
         return ok
 
+    def scale_into(self, name: str, col: np.ndarray, out: np.ndarray) -> None:
+        """Write input ``name``'s normalised column ``(col - mean) / std`` into ``out``.
+
+        The arithmetic :meth:`transform` does for each scaled input (float32, the same two
+        operations), so a feature matrix assembled column by column has its bits.
+        """
+        np.subtract(np.asarray(col, np.float32), np.float32(self.mean[name]), out=out)
+        out *= np.float32(1.0 / self.std[name])
+
     def transform(self, cols: dict[str, np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
         """Columns -> normalised float32 feature matrix ``(n, n_features)``.
 
@@ -294,9 +303,7 @@ class FeatureSpec:
         x = out if out is not None else np.empty((n, self.n_features), np.float32)
         j = 0
         for name in c.scaled:
-            col = np.asarray(cols[name], np.float32)
-            np.subtract(col, np.float32(self.mean[name]), out=x[:, j])
-            x[:, j] *= np.float32(1.0 / self.std[name])
+            self.scale_into(name, cols[name], x[:, j])
             j += 1
         if c.latlon:
             lat = np.deg2rad(np.asarray(cols["lat"], np.float32))
