@@ -160,3 +160,21 @@ def test_rowwise_time_varying_land_cover_is_transformed_per_row(drivers):
     np.testing.assert_array_equal(fast, slow)
     per_cell = predict(chunk, model)["gpp"].values
     assert not np.array_equal(fast, per_cell, equal_nan=True)  # the changed class is seen
+
+
+def test_rowwise_no_cell_table_for_single_step_chunks(drivers, monkeypatch):
+    """A chunk of one time step would make the per-cell feature table larger than its inputs
+    (31 columns against 7 inputs per cell): such chunks transform batch by batch, same bits."""
+    model = _model(drivers, FeatureConfig())
+    ds = drivers.chunk({"time": 1})
+    expected = predict(ds, _generic(model))["gpp"].values
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("cell table built for a single-step chunk")
+
+    monkeypatch.setattr(P, "_cell_features", refuse)
+    got = predict(ds, model)["gpp"].values
+    assert np.isfinite(got).any()
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(AssertionError, match="cell table"):  # chunks of 12 steps use it
+        predict(drivers, model)["gpp"].compute()

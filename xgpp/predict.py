@@ -373,8 +373,9 @@ def _predict_rows(model: Any, arrays: Sequence[np.ndarray], varying: list[str],
     fields, coordinates, the IGBP encoding) are transformed once per cell of the chunk
     (:func:`_cell_features`) and each batch gathers its rows of them; the time-varying inputs'
     columns are then scaled row by row (:meth:`FeatureSpec.scale_into`).  Where a
-    time-varying input is not a scaled column (a land cover that changes over time), each
-    batch is transformed whole.  ``flat`` is (outputs, pixels), NaN where no input; ``lat``
+    time-varying input is not a scaled column (a land cover that changes over time), or the
+    cell table would be larger than the chunk's time-varying inputs (few time steps over a
+    large grid), each batch is transformed whole.  ``flat`` is (outputs, pixels), NaN where no input; ``lat``
     and ``lon`` are the chunk's coordinates.  Returns the number of batches.
     """
     from xgpp.models.base import default_batch_size
@@ -391,7 +392,10 @@ def _predict_rows(model: Any, arrays: Sequence[np.ndarray], varying: list[str],
     rows = np.flatnonzero(spec.valid_mask(full))
     if not rows.size:
         return 0
-    by_cell = all(n in spec.config.scaled for n in cols)
+    # the cell table pays where cells recur over time, and is never larger than the chunk's
+    # time-varying inputs (a chunk of one time step over a large grid keeps batch memory)
+    by_cell = (all(n in spec.config.scaled for n in cols)
+               and nyx * spec.n_features <= shape[0] * nyx * nv)
     cells = _cell_features(spec, fields, lat, lon, list(cols)) if by_cell else None
     scaled = [(n, spec.names.index(n), c) for n, c in cols.items()] if by_cell else []
     lat32, lon32 = np.asarray(lat, np.float32), np.asarray(lon, np.float32)
