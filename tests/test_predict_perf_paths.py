@@ -164,7 +164,8 @@ def test_rowwise_time_varying_land_cover_is_transformed_per_row(drivers):
 
 def test_rowwise_no_cell_table_for_single_step_chunks(drivers, monkeypatch):
     """A chunk of one time step would make the per-cell feature table larger than its inputs
-    (31 columns against 9 time-varying inputs per cell): such chunks transform batch by batch, same bits."""
+    (31 columns against 9 time-varying inputs per cell): such chunks transform batch by
+    batch, with the same bits."""
     model = _model(drivers, FeatureConfig())
     ds = drivers.chunk({"time": 1})
     expected = predict(ds, _generic(model))["gpp"].values
