@@ -16,6 +16,9 @@ The three limits:
 (g) raw codec      decode the same stored chunks and encode the output chunks with the stores'
                    own codecs, in memory, a thread pool over chunks on all cores.
 
+(f') and (g') are the same through xgpp's own write path (``ds.gpp.to_zarr``, ``xgpp
+predict``: the direct chunk writer, Blosc LZ4 output), and its codec limit.
+
 (a) and (f) in series is the model-plus-I/O ceiling of a pipeline on the same cores.  The
 pipeline ``ds.gpp.predict(model).to_zarr`` on the default ``xgpp.cluster("local")`` is read
 as a ratio of that ceiling, and the I/O floor as a ratio of (g), each as the median of rounds
@@ -164,6 +167,37 @@ def io_floor(ds: xr.Dataset, varying: list[str], path: Path, like: Path):
     return fn
 
 
+def io_floor_writer(ds: xr.Dataset, varying: list[str], path: Path, direct: bool = True):
+    """The same I/O through xgpp's own write path (``ds.gpp.to_zarr``, ``xgpp predict``):
+    the store created as :func:`xgpp.predict.write_prediction` creates it (Blosc LZ4), each
+    chunk stored and its valid values counted by the same ``_store_and_count``, through the
+    direct chunk writer (``xgpp/io/_chunkwrite.py``) where it applies (``direct=False``:
+    through zarr's ``Array.__setitem__``, as before the writer)."""
+    import dask.array as da
+    import zarr
+
+    from xgpp.io._chunkwrite import chunk_writer
+    from xgpp.predict import OUTPUT_COMPRESSORS, _store_and_count
+
+    def fn() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        first = ds[varying[0]]
+        data = da.map_blocks(_first_block, *(ds[v].data for v in varying), dtype=np.float32)
+        out = xr.DataArray(data, dims=first.dims, coords=first.coords, name="gpp")
+        out.to_dataset().to_zarr(path, mode="w", compute=False, zarr_format=3,
+                                 consolidated=False,
+                                 encoding={"gpp": {"compressors": OUTPUT_COMPRESSORS}})
+        target = zarr.open_group(str(path), mode="r+")["gpp"]
+        writer = chunk_writer(target, str(path / "gpp")) if direct else None
+        if writer is None and direct:
+            raise RuntimeError(f"the direct chunk writer refuses {path}/gpp")
+        counts = da.map_blocks(_store_and_count, data, targets=[target], writers=[writer],
+                               t0=0, dtype=np.int64, chunks=(1,) * data.ndim,
+                               meta=np.empty((0,) * data.ndim, np.int64))
+        counts.sum().compute()
+    return fn
+
+
 def _first_block(*blocks: np.ndarray) -> np.ndarray:
     return np.asarray(blocks[0], np.float32)
 
@@ -296,9 +330,10 @@ def rounds(args, table: Table, ds, model, feats, varying, kind: str) -> dict:
     """Alternate the bare model and the codec limit (no cluster alive) with a fresh cluster:
     its first run warms the workers, the second is timed, then the I/O floor."""
     res: dict[str, list[float]] = {k: [] for k in ("bare", "pipe", "first", "floor", "codec",
-                                                    "ceiling", "r_pipe", "r_floor")}
-    path, fpath = OUT / "xgpp.zarr", OUT / "io.zarr"
-    codec = None
+                                                    "ceiling", "r_pipe", "r_floor", "wfloor",
+                                                    "wcodec", "r_wfloor")}
+    path, fpath, wpath = OUT / "xgpp.zarr", OUT / "io.zarr", OUT / "io_writer.zarr"
+    codec = wcodec = None
     for r in range(args.rounds):
         t0 = time.perf_counter()
         bare(feats, model, args.device)()
@@ -315,18 +350,28 @@ def rounds(args, table: Table, ds, model, feats, varying, kind: str) -> dict:
             t0 = time.perf_counter()
             io_floor(ds, varying, fpath, path)()
             f = table.n_land / (time.perf_counter() - t0)
+            io_floor_writer(ds, varying, wpath)()  # warm, as (f) is by the runs before it
+            t0 = time.perf_counter()
+            io_floor_writer(ds, varying, wpath)()
+            wf = table.n_land / (time.perf_counter() - t0)
         if codec is None:  # the stored input chunks and the pipeline's output, in memory
-            codec = CodecLimit(Path(str(ds.encoding["source"]).removeprefix("file://")), varying,
-                               path)
+            src = Path(str(ds.encoding["source"]).removeprefix("file://"))
+            codec = CodecLimit(src, varying, path)
+            wcodec = CodecLimit(src, varying, wpath)  # the same, with the Blosc output
         c = table.n_land / codec()
+        wc = table.n_land / wcodec()
         ceil = 1.0 / (1.0 / b + 1.0 / f)
-        for k, v in zip(res, (b, p, first, f, c, ceil, p / ceil, f / c), strict=True):
+        for k, v in zip(res, (b, p, first, f, c, ceil, p / ceil, f / c, wf, wc, wf / wc),
+                        strict=True):
             res[k].append(v)
         print(f"  round {r + 1}: bare {b / 1e6:.3f}, codec {c / 1e6:.3f}, cluster first run "
               f"{first / 1e6:.3f}, second {p / 1e6:.3f}, I/O floor {f / 1e6:.3f} M land/s; "
-              f"pipeline / ceiling {p / ceil:.3f}, floor / codec {f / c:.3f}", flush=True)
+              f"pipeline / ceiling {p / ceil:.3f}, floor / codec {f / c:.3f}; xgpp's writer: "
+              f"floor {wf / 1e6:.3f}, codec {wc / 1e6:.3f}, floor / codec {wf / wc:.3f}",
+              flush=True)
     res["sizing"] = sizing
     res["codec_limit"] = codec
+    res["wcodec_name"] = wcodec.out_codec.__class__.__name__
     return res
 
 
@@ -353,6 +398,10 @@ def summary(res: dict, table: Table, kind: str) -> list[str]:
         f"| (g) raw codec limit: decode {codec.in_codec.__class__.__name__} inputs + encode the "
         f"{codec.out_codec.__class__.__name__} output, in memory, {os.cpu_count()} threads | "
         f"{rate('codec')} | |",
+        f"| (f') I/O floor through xgpp's own writer (`ds.gpp.to_zarr`'s store path, "
+        f"direct chunk writer, {res['wcodec_name']}) | {rate('wfloor')} | {med('r_wfloor')} "
+        "of (g') |",
+        f"| (g') raw codec limit with that output codec | {rate('wcodec')} | |",
         f"| (a)+(f) in series: the model-plus-I/O ceiling | {rate('ceiling')} | |",
         f"| (e) `ds.gpp.predict(model).to_zarr`, fresh `xgpp.cluster(\"{kind}\")`, first run | "
         f"{rate('first')} | |",
@@ -450,7 +499,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(os.cpu_count() if kind == "local" else 1)
     res = rounds(args, table, ds, model, feats_keep, varying, kind)
     med = {k: statistics.median(res[k]) for k in ("bare", "pipe", "floor", "codec", "ceiling",
-                                                   "first")}
+                                                   "first", "wfloor", "wcodec")}
     table.add(f"(e) ds.gpp.predict().to_zarr, {kind} cluster ({res['sizing']}), fresh cluster's "
               "first run (median of rounds)", n_land / med["first"])
     table.add(f"(e) ds.gpp.predict().to_zarr, {kind} cluster ({res['sizing']}), second run "
@@ -459,6 +508,10 @@ def run(args: argparse.Namespace) -> None:
               "cluster (median)", n_land / med["floor"])
     table.add(f"(g) raw codec limit: decode + encode in memory, {os.cpu_count()} threads "
               "(median)", n_land / med["codec"])
+    table.add(f"(f') I/O floor through xgpp's own writer (direct chunk writer, "
+              f"{res['wcodec_name']}), {kind} cluster (median)", n_land / med["wfloor"])
+    table.add(f"(g') raw codec limit with that output codec, {os.cpu_count()} threads (median)",
+              n_land / med["wcodec"])
     table.add("(a)+(f) in series: the model-plus-I/O ceiling (median of rounds)",
               n_land / med["ceiling"], derived=True)
     del feats

@@ -26,6 +26,7 @@ from zarr.codecs import BloscCodec
 from xgpp._progress import active_client
 from xgpp._version import __version__
 from xgpp.errors import InputError
+from xgpp.io._chunkwrite import chunk_writer
 from xgpp.models.base import PRECISIONS, Model
 from xgpp.variables import VARIABLES
 
@@ -869,6 +870,9 @@ def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *
     edges = np.concatenate([[0], np.cumsum(tchunks)]).astype(int)
     todo = [i for i in range(len(tchunks)) if i not in done]
     names = list(result.data_vars)
+    # whole chunks encoded and written straight to the store where that writes zarr's bytes
+    # (xgpp/io/_chunkwrite.py), else through zarr
+    writers = [chunk_writer(group[o], f"{url.rstrip('/')}/{o}", opts) for o in names]
     writes = {}
     for i in todo:
         t = slice(int(edges[i]), int(edges[i + 1]))
@@ -878,7 +882,8 @@ def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *
         # with da.store and counting the stored arrays apart made dask move whole chunks
         # between workers and ran 2.8x slower)
         counts_ = da.map_blocks(_store_and_count, *(result[o].data[t] for o in names),
-                                targets=[group[o] for o in names], t0=int(edges[i]),
+                                targets=[group[o] for o in names], writers=writers,
+                                t0=int(edges[i]),
                                 dtype=np.int64, chunks=(1,) * result[names[0]].ndim,
                                 meta=np.empty((0,) * result[names[0]].ndim, np.int64))
         writes[i] = counts_.sum()
@@ -908,18 +913,22 @@ def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *
 
 
 def _store_and_count(*blocks: np.ndarray, targets: list[Any], t0: int,
-                     block_info: Any = None) -> np.ndarray:
+                     writers: list[Any] | None = None, block_info: Any = None) -> np.ndarray:
     """Store each output's chunk into its Zarr array; return the count of finite values.
 
     ``blocks`` are the outputs' chunks of one time slab starting at time ``t0``; the count
-    comes back as a one-element array of the blocks' rank, one per chunk.
+    comes back as a one-element array of the blocks' rank, one per chunk.  Each output's
+    :class:`~xgpp.io._chunkwrite.ChunkWriter` (None: none) writes its chunk if it can, else
+    zarr does.
     """
     loc = block_info[0]["array-location"] if block_info else [(0, n) for n in blocks[0].shape]
     region = tuple(slice(a + (t0 if d == 0 else 0), b + (t0 if d == 0 else 0))
                    for d, (a, b) in enumerate(loc))
     n_valid = 0
-    for block, target in zip(blocks, targets, strict=True):
-        target[region] = block
+    for block, target, writer in zip(blocks, targets, writers or [None] * len(targets),
+                                     strict=True):
+        if writer is None or not writer.write(region, block):
+            target[region] = block
         n_valid += int(np.isfinite(block).sum())
     return np.full((1,) * blocks[0].ndim, n_valid, np.int64)
 

@@ -43,8 +43,12 @@ def numcodec(codec: Any) -> Any:
         return numcodecs.Zstd(level=codec.level, checksum=codec.checksum)
     if isinstance(codec, BloscCodec):
         shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(codec.shuffle.value)]
+        # the typesize zarr evolved from the dtype: the shuffle's element size when encoding
+        # (zarr hands Blosc the chunk as bytes; decoding reads it from the header)
+        typesize = getattr(codec, "typesize", None)
         return numcodecs.Blosc(cname=str(codec.cname.value), clevel=codec.clevel,
-                               shuffle=shuffle, blocksize=codec.blocksize)
+                               shuffle=shuffle, blocksize=codec.blocksize,
+                               typesize=int(typesize) if typesize else None)
     if isinstance(codec, GzipCodec):
         return numcodecs.GZip(level=codec.level)
     config = getattr(codec, "codec_config", None)  # numcodecs.zarr3 wrappers
