@@ -153,17 +153,11 @@ def io_floor(ds: xr.Dataset, varying: list[str], path: Path, like: Path):
 
     compressors = zarr.open_array(str(like / "gpp"), mode="r").compressors
 
-    import dask.array as da
-
     def fn() -> None:
         shutil.rmtree(path, ignore_errors=True)
-        # every input's chunk is read and decoded, the first one is written: I/O and nothing
-        # else (adding the inputs up, as this floor once did, costs a tenth of its time)
-        first = ds[varying[0]]
-        data = da.map_blocks(_first_block, *(ds[v].data for v in varying), dtype=np.float32)
-        out = xr.DataArray(data, dims=first.dims, coords=first.coords, name="gpp")
-        out.to_dataset().to_zarr(path, mode="w", zarr_format=3, consolidated=False,
-                                 encoding={"gpp": {"compressors": compressors}})
+        _floor_output(ds, varying).to_dataset().to_zarr(
+            path, mode="w", zarr_format=3, consolidated=False,
+            encoding={"gpp": {"compressors": compressors}})
     return fn
 
 
@@ -181,9 +175,8 @@ def io_floor_writer(ds: xr.Dataset, varying: list[str], path: Path, direct: bool
 
     def fn() -> None:
         shutil.rmtree(path, ignore_errors=True)
-        first = ds[varying[0]]
-        data = da.map_blocks(_first_block, *(ds[v].data for v in varying), dtype=np.float32)
-        out = xr.DataArray(data, dims=first.dims, coords=first.coords, name="gpp")
+        out = _floor_output(ds, varying)
+        data = out.data
         out.to_dataset().to_zarr(path, mode="w", compute=False, zarr_format=3,
                                  consolidated=False,
                                  encoding={"gpp": {"compressors": OUTPUT_COMPRESSORS}})
@@ -196,6 +189,17 @@ def io_floor_writer(ds: xr.Dataset, varying: list[str], path: Path, direct: bool
                                meta=np.empty((0,) * data.ndim, np.int64))
         counts.sum().compute()
     return fn
+
+
+def _floor_output(ds: xr.Dataset, varying: list[str]) -> xr.DataArray:
+    """The floors' lazy output: every input's chunk is read and decoded, the first one is
+    written, so the floor is I/O and nothing else (adding the inputs up, as this floor once
+    did, costs a tenth of its time)."""
+    import dask.array as da
+
+    first = ds[varying[0]]
+    data = da.map_blocks(_first_block, *(ds[v].data for v in varying), dtype=np.float32)
+    return xr.DataArray(data, dims=first.dims, coords=first.coords, name="gpp")
 
 
 def _first_block(*blocks: np.ndarray) -> np.ndarray:

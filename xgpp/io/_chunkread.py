@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ChunkReader", "chunk_reader", "numcodec"]
+__all__ = ["ChunkReader", "StoredChunks", "chunk_reader", "numcodec", "v3_layout"]
 
 # CF decoding that changes values beyond the fill value: such variables take xarray's path
 _DECODED = ("scale_factor", "add_offset", "calendar")
@@ -86,12 +86,12 @@ def _decoded_nbytes(codec: Any, buf: Any) -> int | None:
     return None
 
 
-class ChunkReader:
-    """Reads whole stored chunks of one Zarr array: bytes from the store, numcodecs decode.
+class StoredChunks:
+    """What a reader and a writer of whole stored chunks of one Zarr array share.
 
-    Build it with :func:`chunk_reader`, which returns None where this reader would not give
-    xarray's result exactly.  It pickles (the filesystem is reopened on first use in each
-    process).
+    The array's URL and fsspec options, shape and stored chunk shape, chunk dtype, codecs,
+    fill value and chunk key spelling; the filesystem is opened on first use in each process
+    (an instance pickles without it).
 
     Parameters
     ----------
@@ -103,28 +103,24 @@ class ChunkReader:
         Array and stored chunk shape.
     dtype : numpy.dtype
         Dtype the chunk bytes hold (with its byte order).
-    order : str
-        ``"C"`` or ``"F"`` (Zarr v2 only).
     codecs : list
-        numcodecs codecs in the order they were applied when writing (decoded in reverse).
+        numcodecs codecs in the order they are applied when writing (decoded in reverse).
     fill_value : scalar
         The array's fill value: what a chunk never written holds.
-    mask : tuple of float
-        Values xarray turns into NaN (``_FillValue``, ``missing_value``), if any.
     key_prefix, key_sep : str
         Chunk key spelling: ``key_prefix + key_sep.join(index)`` relative to ``url``
         (``"c/"`` and ``"/"`` for Zarr v3's default encoding, ``""`` and ``"."`` for v2).
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any], shape: tuple[int, ...],
-                 chunks: tuple[int, ...], dtype: np.dtype, order: str, codecs: list[Any],
-                 fill_value: Any, mask: tuple[float, ...], key_prefix: str, key_sep: str) -> None:
+                 chunks: tuple[int, ...], dtype: np.dtype, codecs: list[Any],
+                 fill_value: Any, key_prefix: str, key_sep: str) -> None:
         self.url = url.rstrip("/")
         self.storage_options = storage_options
         self.shape, self.chunks = shape, chunks
-        self.dtype, self.order = dtype, order
+        self.dtype = dtype
         self.codecs = codecs
-        self.fill_value, self.mask = fill_value, mask
+        self.fill_value = fill_value
         self.key_prefix, self.key_sep = key_prefix, key_sep
         self._fs: Any = None
         self._root = ""
@@ -144,6 +140,31 @@ class ChunkReader:
     def key_of(self, idx: tuple[int, ...]) -> str:
         """The chunk key of chunk index ``idx``, relative to the array."""
         return self.key_prefix + self.key_sep.join(map(str, idx))
+
+
+class ChunkReader(StoredChunks):
+    """Reads whole stored chunks of one Zarr array: bytes from the store, numcodecs decode.
+
+    Build it with :func:`chunk_reader`, which returns None where this reader would not give
+    xarray's result exactly.  It pickles (the filesystem is reopened on first use in each
+    process).
+
+    Parameters
+    ----------
+    url, storage_options, shape, chunks, dtype, codecs, fill_value, key_prefix, key_sep
+        As for :class:`StoredChunks`.
+    order : str
+        ``"C"`` or ``"F"`` (Zarr v2 only).
+    mask : tuple of float
+        Values xarray turns into NaN (``_FillValue``, ``missing_value``), if any.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any], shape: tuple[int, ...],
+                 chunks: tuple[int, ...], dtype: np.dtype, order: str, codecs: list[Any],
+                 fill_value: Any, mask: tuple[float, ...], key_prefix: str, key_sep: str) -> None:
+        super().__init__(url, storage_options, shape, chunks, dtype, codecs, fill_value,
+                         key_prefix, key_sep)
+        self.order, self.mask = order, mask
 
     def chunk_of(self, key: Any) -> tuple[tuple[int, ...], tuple[slice, ...]] | None:
         """The chunk index holding the whole of ``key`` and the part of it asked for.
@@ -248,6 +269,33 @@ class ChunkReader:
         return np.array(got, order="C")
 
 
+def v3_layout(meta: Any, dtype: np.dtype) -> tuple[np.dtype, list[Any], str, str] | None:
+    """How a Zarr v3 array's chunks are stored, where numcodecs can do what its codecs do.
+
+    ``(chunk dtype with the bytes codec's byte order, the bytes-to-bytes codecs as numcodecs,
+    key prefix, key separator)``; None for an array-to-array codec or another serializer
+    first, a codec numcodecs does not implement, or a chunk key encoding other than
+    ``default`` and ``v2``.
+    """
+    from zarr.codecs import BytesCodec
+
+    codecs = list(meta.codecs)
+    if not codecs or not isinstance(codecs[0], BytesCodec):
+        return None  # an array-to-array filter or another serializer
+    endian = codecs[0].endian
+    stored = dtype.newbyteorder(("<" if endian.value == "little" else ">")
+                                if endian is not None else "=")
+    rest = [numcodec(c) for c in codecs[1:]]
+    if any(c is None for c in rest):
+        return None
+    encoding = meta.chunk_key_encoding
+    sep = str(getattr(encoding, "separator", "/"))
+    name = str(getattr(encoding, "name", ""))
+    if name not in ("default", "v2"):
+        return None
+    return stored, rest, "c" + sep if name == "default" else "", sep
+
+
 def chunk_reader(array: Any, var: Any, url: str,
                  storage_options: dict[str, Any] | None = None) -> ChunkReader | None:
     """A :class:`ChunkReader` for Zarr array ``array`` behind xarray variable ``var``.
@@ -275,23 +323,11 @@ def chunk_reader(array: Any, var: Any, url: str,
                 mask.append(fv)
     fmt = int(getattr(meta, "zarr_format", 0))
     if fmt == 3:
-        from zarr.codecs import BytesCodec
-
-        codecs = list(meta.codecs)
-        if not codecs or not isinstance(codecs[0], BytesCodec):
-            return None  # an array-to-array filter or another serializer
-        endian = codecs[0].endian
-        stored = dtype.newbyteorder(("<" if endian.value == "little" else ">")
-                                    if endian is not None else "=")
-        rest = [numcodec(c) for c in codecs[1:]]
-        if any(c is None for c in rest):
+        layout = v3_layout(meta, dtype)
+        if layout is None:
             return None
-        order, encoding = "C", meta.chunk_key_encoding
-        sep = str(getattr(encoding, "separator", "/"))
-        name = str(getattr(encoding, "name", ""))
-        if name not in ("default", "v2"):
-            return None
-        prefix = "c" + sep if name == "default" else ""
+        stored, rest, prefix, sep = layout
+        order = "C"
     elif fmt == 2:
         if getattr(meta, "filters", None):
             return None

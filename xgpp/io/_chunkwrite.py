@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from xgpp.io._chunkread import numcodec
+from xgpp.io._chunkread import StoredChunks, v3_layout
 
 __all__ = ["ChunkWriter", "chunk_writer"]
 
 
-class ChunkWriter:
+class ChunkWriter(StoredChunks):
     """Writes whole chunks of one Zarr v3 array: numcodecs encode, bytes to the store.
 
     Build it with :func:`chunk_writer`, which returns None where this writer would not write
@@ -42,58 +42,24 @@ class ChunkWriter:
 
     Parameters
     ----------
-    url : str
-        URL or path of the array (the store's URL joined with the variable's path).
-    storage_options : dict
-        fsspec options for ``url``.
-    shape, chunks : tuple of int
-        Array and stored chunk shape.
-    dtype : numpy.dtype
-        Dtype of the chunk bytes (with the ``bytes`` codec's byte order).
-    codecs : list
-        numcodecs codecs in the order zarr applies them when writing.
-    fill_value : scalar
-        The array's fill value.
+    url, storage_options, shape, chunks, dtype, codecs, fill_value, key_prefix, key_sep
+        As for :class:`xgpp.io._chunkread.StoredChunks` (``dtype`` with the ``bytes``
+        codec's byte order, ``codecs`` in the order zarr applies them when writing).
     write_empty : bool
         Write chunks that hold only the fill value (zarr's ``write_empty_chunks``); when
         False such a chunk's key is deleted instead.
-    key_prefix, key_sep : str
-        Chunk key spelling, as for :class:`xgpp.io._chunkread.ChunkReader`.
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any], shape: tuple[int, ...],
                  chunks: tuple[int, ...], dtype: np.dtype, codecs: list[Any], fill_value: Any,
                  write_empty: bool, key_prefix: str, key_sep: str) -> None:
-        self.url = url.rstrip("/")
-        self.storage_options = storage_options
-        self.shape, self.chunks = shape, chunks
-        self.dtype = dtype
-        self.codecs = codecs
-        self.fill_value = fill_value
+        super().__init__(url, storage_options, shape, chunks, dtype, codecs, fill_value,
+                         key_prefix, key_sep)
         self.write_empty = write_empty
-        self.key_prefix, self.key_sep = key_prefix, key_sep
-        self._fs: Any = None
-        self._root = ""
-        self._local = False
-        self._dirs: set[str] = set()
+        self._dirs: set[str] = set()  # local directories made in this process
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_fs=None, _dirs=set())
-        return state
-
-    def _filesystem(self) -> tuple[Any, str]:
-        if self._fs is None:
-            import fsspec
-            from fsspec.implementations.local import LocalFileSystem
-
-            self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
-            self._local = isinstance(self._fs, LocalFileSystem)
-        return self._fs, self._root
-
-    def key_of(self, idx: tuple[int, ...]) -> str:
-        """The chunk key of chunk index ``idx``, relative to the array."""
-        return self.key_prefix + self.key_sep.join(map(str, idx))
+        return {**super().__getstate__(), "_dirs": set()}
 
     def chunk_of(self, region: tuple[slice, ...], shape: tuple[int, ...]
                  ) -> tuple[int, ...] | None:
@@ -157,7 +123,9 @@ class ChunkWriter:
         return bool((chunk == fill).all())
 
     def _put(self, fs: Any, path: str, data: Any) -> None:
-        if not self._local:
+        from fsspec.implementations.local import LocalFileSystem
+
+        if not isinstance(fs, LocalFileSystem):
             fs.pipe_file(path, bytes(data) if not isinstance(data, bytes) else data)
             return
         # as zarr's LocalStore: the bytes land under a temporary name first, so a reader (or
@@ -183,8 +151,6 @@ def chunk_writer(array: Any, url: str,
 
     None where it would not write the bytes zarr writes (see the module docstring).
     """
-    from zarr.codecs import BytesCodec
-
     meta = getattr(array, "metadata", None)
     if (meta is None or int(getattr(meta, "zarr_format", 0)) != 3
             or getattr(array, "shards", None) is not None or getattr(array, "order", "C") != "C"):
@@ -192,20 +158,10 @@ def chunk_writer(array: Any, url: str,
     dtype = getattr(array, "dtype", None)
     if not isinstance(dtype, np.dtype) or dtype.kind not in "fiu":
         return None
-    codecs = list(meta.codecs)
-    if not codecs or not isinstance(codecs[0], BytesCodec):
+    layout = v3_layout(meta, dtype)
+    if layout is None:
         return None
-    endian = codecs[0].endian
-    stored = dtype.newbyteorder(("<" if endian.value == "little" else ">")
-                                if endian is not None else "=")
-    rest = [numcodec(c) for c in codecs[1:]]
-    if any(c is None for c in rest):
-        return None
-    encoding = meta.chunk_key_encoding
-    sep = str(getattr(encoding, "separator", "/"))
-    name = str(getattr(encoding, "name", ""))
-    if name not in ("default", "v2"):
-        return None
+    stored, rest, prefix, sep = layout
     fill = array.fill_value
     if fill is None:
         return None
@@ -213,4 +169,4 @@ def chunk_writer(array: Any, url: str,
     write_empty = bool(getattr(config, "write_empty_chunks", False))
     return ChunkWriter(url, dict(storage_options or {}), tuple(int(s) for s in array.shape),
                        tuple(int(c) for c in array.chunks), stored, rest, fill, write_empty,
-                       "c" + sep if name == "default" else "", sep)
+                       prefix, sep)
