@@ -575,9 +575,13 @@ def test_memory_store_reads_through_the_fast_path(memory_url, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_reader_serves_reads_inside_one_stored_chunk_only(tmp_path, fmt):
+def test_reader_serves_plain_slices_inside_and_across_stored_chunks(tmp_path, fmt):
     a = _field(17)
-    url = _write(tmp_path / "c.zarr", {"f": a}, fmt)
+    fill = np.where(a > 9, np.float32(-9999), a).astype("f4")
+    url = _write(tmp_path / "c.zarr", {"f": a, "fill": fill}, fmt,
+                 {"fill": {"_FillValue": -9999.0}})
+    for name in ("f", "fill"):  # chunk (1, 1, 1) never written: spanning reads give the fill
+        (tmp_path / "c.zarr" / name / ("1.1.1" if fmt == 2 else "c/1/1/1")).unlink()
     cube = xgpp.open_cube(url)
     guard = guard_of(cube, "f")
     reader = guard.reader
@@ -592,20 +596,40 @@ def test_reader_serves_reads_inside_one_stored_chunk_only(tmp_path, fmt):
     inside = (slice(4, 5), slice(5, 7), slice(1, 3))
     assert reader.chunk_of(inside) == ((1, 1, 0), (slice(1, 2), slice(1, 3), slice(1, 3)))
     assert_identical_values(reader.read(inside), stored[inside])
+    plain = GuardedArray(guard.var, guard.where, guard.name, guard.chunk_shape,
+                         guard.zarr_format, None)
     spanning = [
         (slice(2, 4), slice(0, 4), slice(0, 4)),       # time 2:4 crosses chunks 0 and 1
-        (slice(0, 3), slice(0, 9), slice(0, 4)),
-        (slice(None), slice(None), slice(None)),
+        (slice(0, 3), slice(0, 9), slice(0, 4)),       # lat over all three, the edge included
+        (slice(None), slice(None), slice(None)),       # the whole array
+        (slice(1, 7), slice(3, 9), slice(2, 6)),       # partial chunks on every side
+        (slice(0, 6), slice(0, 8), slice(0, 8)),       # lon stop past the end (clipped)
+    ]
+    for key in spanning:
+        assert reader.chunk_of(key) is None, key
+        got = reader.read(key)
+        assert isinstance(got, np.ndarray), key
+        assert got.flags.writeable and got.flags.c_contiguous
+        assert_identical_values(got, plain[key])
+        assert_identical_values(guard[key], plain[key])
+    fguard = guard_of(cube, "fill")
+    fplain = GuardedArray(fguard.var, fguard.where, fguard.name, fguard.chunk_shape,
+                          fguard.zarr_format, None)
+    for key in spanning:  # CF fill value masked to NaN across chunks as xarray masks it
+        assert_identical_values(fguard.reader.read(key), fplain[key])
+    others = [
         (slice(0, 3, 2), slice(0, 4), slice(0, 4)),    # a step
         (slice(0, 0), slice(0, 4), slice(0, 4)),       # empty
         (slice(0, 3), slice(0, 4)),                    # too few dimensions
         (np.array([0, 1]), slice(0, 4), slice(0, 4)),  # an array indexer
+        (2, slice(0, 9), slice(0, 4)),                 # an int with a spanning slice
     ]
-    for key in spanning:
+    for key in others:
         assert reader.read(key) is None, key
     # GuardedArray still gives xarray's values for those (xarray's path)
-    for key in spanning[:4]:
+    for key in others[:4] + others[5:]:
         assert_identical_values(guard[key], stored[key])
+    assert_identical_values(guard[others[4]], stored[others[4]])
 
 
 def _guard_pair(tmp_path: Path, fmt: int) -> tuple[GuardedArray, GuardedArray]:
@@ -657,3 +681,60 @@ def test_reads_are_fresh_writeable_arrays(tmp_path, fmt):
         assert got.flags.writeable and got.flags.c_contiguous
         got[...] = 7.0
         assert_identical_values(guard[key], plain[key])
+
+
+# --------------------------------------------------------------------------- 5. coarser chunks
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_coarser_dask_chunks_read_whole_stored_chunks_as_xarray_does(tmp_path, fmt, monkeypatch):
+    """open_cube(chunks=...) gives xarray's values block by block, every block assembled by the
+    reader from the stored chunks it spans (xarray's path is never taken), chunks never
+    written included."""
+    a = _field(21)
+    fill = np.where(a > 9, np.float32(-9999), a).astype("f4")
+    url = _write(tmp_path / "c.zarr", {"f": a, "fill": fill}, fmt,
+                 {"fill": {"_FillValue": -9999.0}})
+    (tmp_path / "c.zarr" / "f" / ("0.1.0" if fmt == 2 else "c/0/1/0")).unlink()
+    ref = _reference(url, fmt)
+    for asked, want in [({"time": 6}, ((6, 1), (4, 4, 1), (4, 2))),
+                        ({"time": -1, "lat": 8, "lon": 99}, ((7,), (8, 1), (6,)))]:
+        cube = xgpp.open_cube(url, chunks=asked)
+        for name in ("f", "fill"):
+            assert cube[name].data.chunks == want
+            guard = guard_of(cube, name)
+            assert guard.reader is not None
+
+            def refuse(*args: Any, **kw: Any) -> None:
+                raise AssertionError("xarray's path read a block the reader should serve")
+
+            with monkeypatch.context() as m:
+                m.setattr(type(guard.var), "__getitem__", refuse)
+                delayed = cube[name].data.to_delayed()
+                blocks = dask.compute(*delayed.ravel(), scheduler="synchronous")
+            full = ref[name].values
+            for idx, got in zip(np.ndindex(*delayed.shape), blocks, strict=True):
+                where = tuple(slice(sum(c[:i]), sum(c[:i + 1]))
+                              for i, c in zip(idx, want, strict=True))
+                assert_identical_values(got, full[where])
+
+
+def test_chunks_that_cut_stored_chunks_warn_and_bad_chunks_raise(tmp_path):
+    url = _write(tmp_path / "c.zarr", {"f": _field(22), "g": _field(23)}, 3)
+    with pytest.warns(UserWarning, match=r"along 'time' dask chunks of 4 cut the stored chunks "
+                                         r"of 3 \(of f, g\).*multiples"):
+        cube = xgpp.open_cube(url, chunks={"time": 4})
+    assert_identical_values(cube["f"].values, _reference(url, 3)["f"].values)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # multiples, and a chunk as long as the dimension
+        xgpp.open_cube(url, chunks={"time": 6, "lat": 99})
+    from xgpp.errors import InputError
+
+    for bad, match in [({"depth": 2}, r"dimension 'depth'.*\['lat', 'lon', 'time'\]"),
+                       ({"time": 0}, r"chunks\['time'\] must be a positive integer or -1 .*7"),
+                       ({"time": 2.5}, r"got 2\.5"), ({"time": True}, r"got True"),
+                       ([3], r"must map dimension names")]:
+        with pytest.raises(InputError, match=match):
+            xgpp.open_cube(url, chunks=bad)

@@ -193,3 +193,25 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
     line = _one_line(NotFoundError("dataset has no variable 'vpd';\n it has ['tair']."))
     assert "\n" not in line
     assert line.startswith("xgpp: error: NotFoundError: dataset has no variable 'vpd'; it has")
+
+
+def test_predict_command_with_coarser_chunks_writes_the_same_prediction(world_and_model):
+    root, world, model = world_and_model
+    cat = str(root / "world" / "catalog.yaml")
+    res = xgpp_cli("predict", "--catalog", cat, "--model", str(root / "model"), "--out",
+                   str(root / "coarse"), "--cluster", "none", "--chunks", "time=24, lat=-1")
+    assert res.returncode == 0, res.stderr
+    import zarr
+
+    stored = zarr.open_array(str(root / "coarse" / "prediction.zarr" / "gpp"), mode="r")
+    assert stored.chunks == (24, world.drivers.sizes["lat"], 20)
+    got = xgpp.open_cube("prediction", catalog=str(root / "coarse" / "catalog.yaml"))
+    expect = predict(world.drivers, model)["gpp"].values
+    np.testing.assert_allclose(got["gpp"].values, expect, rtol=1e-5, atol=1e-6, equal_nan=True)
+    for bad, says in [("time:24", "'time:24' is not DIM=SIZE"),
+                      ("time=two", "'time=two' is not DIM=SIZE"),
+                      ("depth=3", "dimension 'depth'")]:
+        run = xgpp_cli("predict", "--catalog", cat, "--model", str(root / "model"), "--out",
+                       str(root / "bad"), "--cluster", "none", "--chunks", bad)
+        assert run.returncode == 2 and says in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr

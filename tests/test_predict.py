@@ -425,3 +425,41 @@ def test_written_store_carries_cf_attributes(tmp_path, drivers, world):
     back = xr.open_zarr(url, consolidated=False)
     assert back.attrs["xgpp_complete"] is True
     _check_cf(back, two, world)
+
+
+def test_coarser_dask_chunks_predict_and_resume_as_stored_chunks_do(tmp_path, world, model):
+    """open_cube(chunks=...) merges stored chunks into fewer dask tasks, each read by the
+    direct chunk reader from the stored chunks it spans: the prediction and the resumable
+    store are those of the stored chunking, and an interrupted store opened with coarser
+    chunks still names its missing slabs by the stored time chunks."""
+    import zarr
+
+    from xgpp.errors import IncompleteStoreError
+
+    src = str(tmp_path / "drivers.zarr")
+    world.drivers.chunk({"time": 4, "lat": 15, "lon": 20}).to_zarr(src, zarr_format=3,
+                                                                    consolidated=False)
+    stored = xgpp.open_cube(src)
+    coarse = xgpp.open_cube(src, chunks={"time": 12, "lat": -1})
+    assert coarse["tair"].data.numblocks == (4, 1, stored["tair"].data.numblocks[2])
+    assert stored["tair"].data.npartitions == 6 * coarse["tair"].data.npartitions  # 72, 12
+    want = predict(stored, model)["gpp"].values
+    fast = predict(coarse, model)["gpp"].values
+    # other chunks batch other rows together: torch may round the last bit differently
+    np.testing.assert_array_equal(np.isnan(fast), np.isnan(want))
+    assert np.isfinite(want).any()
+    np.testing.assert_array_max_ulp(fast[~np.isnan(want)], want[~np.isnan(want)], maxulp=2)
+    a, b = str(tmp_path / "stored.zarr"), str(tmp_path / "coarse.zarr")
+    write_prediction(stored, model, a, progress=False)
+    write_prediction(coarse, model, b, progress=False)
+    np.testing.assert_array_equal(xgpp.open_cube(a)["gpp"].values, want)
+    np.testing.assert_array_equal(xgpp.open_cube(b)["gpp"].values, fast)
+    # the coarse prediction's store: its slabs are the coarse time chunks (12 steps)
+    assert zarr.open_array(f"{b}/gpp", mode="r").chunks[0] == 12
+    group = zarr.open_group(b, mode="r+")
+    done = list(group.attrs["xgpp_done_slabs"])
+    group.attrs.update({"xgpp_complete": False, "xgpp_done_slabs": done[1:]})
+    for chunks in (None, {"time": 48}):
+        with pytest.raises(IncompleteStoreError, match=r"\[0:12\)") as err:
+            xgpp.open_cube(b, chunks=chunks)
+        assert err.value.missing == [(0, 12)]

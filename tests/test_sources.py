@@ -236,9 +236,10 @@ def test_wrong_options_name_what_the_reader_takes(archive, tmp_path):
         open_cube(str(archive["oco2"]), anon=True)
     xr.Dataset({"a": ("x", [1.0])}).to_zarr(tmp_path / "c.zarr", zarr_format=3,
                                              consolidated=False)
-    with pytest.raises(TypeError, match=r"Zarr cube takes no reader options; got \['freq'\]"):
+    with pytest.raises(TypeError, match=r"Zarr cube takes no reader options but chunks; got "
+                                        r"\[.freq.\]"):
         open_cube(str(tmp_path / "c.zarr"), reader_options={"freq": "D"})
-    with pytest.raises(TypeError, match="Zarr cube takes no reader options"):
+    with pytest.raises(TypeError, match="Zarr cube takes no reader options but chunks"):
         open_source(str(tmp_path / "c.zarr"), grid=1.0)
 
 
@@ -303,3 +304,8 @@ def test_catalog_source_entry_errors(archive, tmp_path):
         open_cube("oco2", catalog=cat, format="tropomi")
     with pytest.raises(KeyError, match=r"no entry 'fluxnet'.*'./name'"):
         xgpp.open_cube("fluxnet", catalog=cat)
+
+
+def test_chunks_is_for_zarr_cubes_and_a_file_source_says_how_to_rechunk(archive):
+    with pytest.raises(TypeError, match=r"unknown reader option\(s\) \['chunks'\].*ds\.chunk"):
+        xgpp.open_cube(archive["fluxnet"], chunks={"time": 8})

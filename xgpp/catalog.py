@@ -938,7 +938,8 @@ def _check_index_coords(ds: xr.Dataset, url: str) -> None:
             )
 
 
-def _open_zarr(url: str, storage_options: Mapping[str, Any]) -> xr.Dataset:
+def _open_zarr(url: str, storage_options: Mapping[str, Any],
+               chunks: Mapping[str, int] | None = None) -> xr.Dataset:
     import xarray as xr
 
     from xgpp.io._guard import guarded_dataset
@@ -970,7 +971,8 @@ def _open_zarr(url: str, storage_options: Mapping[str, Any]) -> xr.Dataset:
                                           zarr_format=3 if v3 else 2,
                                           group=_zarr_group(url, options if remote else {},
                                                             consolidated),
-                                          storage_options=options if remote else None))
+                                          storage_options=options if remote else None,
+                                          chunks=chunks))
 
 
 def _zarr_group(url: str, options: Mapping[str, Any], consolidated: bool | None) -> Any:
@@ -1004,6 +1006,7 @@ def open_cube(
     format: str | None = None,  # noqa: A002 - user-facing, as in xarray/pandas
     reader_options: Mapping[str, Any] | None = None,
     allow_incomplete: bool = False,
+    chunks: Mapping[str, int] | None = None,
     **storage_options: Any,
 ) -> xr.Dataset:
     """Open a cube lazily: a catalog entry name, a Zarr URL or a folder of real files.
@@ -1034,6 +1037,13 @@ def open_cube(
         write or :func:`xgpp.write_world`: attribute ``xgpp_complete`` false) anyway, with an
         :class:`IncompleteStoreWarning`; its missing slabs read as the store's fill value.
         By default such a store raises :class:`xgpp.errors.IncompleteStoreError`.
+    chunks : mapping, optional
+        Zarr cubes only: dask chunk sizes along the dimensions named (``-1``: the whole
+        dimension), e.g. ``{"time": 92, "lat": 180}``; other dimensions keep the stored
+        chunks.  Multiples of the stored chunks give fewer, larger dask tasks, each read from
+        the whole stored chunks it spans: on stores of small chunks (a few MB) that cuts the
+        scheduler's per-task cost, which bounds streaming prediction on few cores
+        (docs/predict.md, "Coarser dask chunks").  Sizes that cut stored chunks warn.
     **storage_options
         fsspec options of a Zarr store: for a URL, those of the store; for an entry, they
         update the entry's (e.g. ``endpoint_url=...``).  File readers open URLs with fsspec's
@@ -1042,8 +1052,8 @@ def open_cube(
     Returns
     -------
     xarray.Dataset
-        The canonical cube (docs/data_model.md): Zarr cubes dask-backed, chunked as stored,
-        nothing computed; file sources as their reader returns them (FLUXNET ``gpp`` on
+        The canonical cube (docs/data_model.md): Zarr cubes dask-backed, chunked as stored
+        (or as ``chunks`` asks), nothing computed; file sources as their reader returns them (FLUXNET ``gpp`` on
         ``(site, time)``; TROPOMI/OCO-2 ``sif``/``sif_count`` on ``(time, lat, lon)``, binned
         lazily).
 
@@ -1065,6 +1075,8 @@ def open_cube(
 
     target = os.fspath(name_or_url)
     options = dict(reader_options or {})
+    if chunks is not None:
+        options["chunks"] = chunks
     if _is_url(target):
         ds = open_source(target, format=format, storage_options=storage_options, **options)
         return _check_complete(ds, target, target, storage_options, allow_incomplete)
@@ -1151,8 +1163,14 @@ def _missing_slabs(ds: xr.Dataset, url: str, storage_options: Mapping[str, Any]
     timed = [v for v in ds.data_vars if "time" in ds[v].dims and ds[v].chunks is not None]
     if not timed:
         return None
-    chunks = ds[timed[0]].chunksizes["time"]
-    edges = np.concatenate([[0], np.cumsum(chunks)]).astype(int)
+    var = ds[timed[0]]
+    stored = var.encoding.get("chunks")  # the stored time chunks, whatever the dask chunks
+    n = var.sizes["time"]
+    if stored and len(stored) == var.ndim:
+        step = int(stored[var.dims.index("time")]) or n
+        edges = np.append(np.arange(0, n, step), n).astype(int)
+    else:
+        edges = np.concatenate([[0], np.cumsum(var.chunksizes["time"])]).astype(int)
     if "xgpp_done_slabs" in ds.attrs:
         done = {str(i) for i in ds.attrs["xgpp_done_slabs"]}
     elif "xgpp_progress" in ds.attrs:

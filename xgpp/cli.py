@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from xgpp.errors import XgppError
+from xgpp.errors import InputError, XgppError
 
 
 def _method_help() -> str:
@@ -70,6 +70,24 @@ def train(
     typer.echo(f"{model}\nsaved to {out}; load it with xgpp.load_model({out!r})")
 
 
+def parse_chunks(text: str | None) -> dict[str, int] | None:
+    """``"time=92,lat=180"`` as ``{"time": 92, "lat": 180}``; None for None or ``""``."""
+    if not text:
+        return None
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        dim, sep, size = part.partition("=")
+        try:
+            if not sep or not dim.strip():
+                raise ValueError(part)
+            out[dim.strip()] = int(size)
+        except ValueError:
+            raise InputError(f"--chunks {text!r}: {part!r} is not DIM=SIZE; write e.g. "
+                             "time=92,lat=180 (SIZE an integer, -1 for the whole "
+                             "dimension).") from None
+    return out
+
+
 @app.command()
 def predict(
     catalog: Annotated[str, typer.Option(help="Catalog holding a 'drivers' entry.")],
@@ -88,13 +106,17 @@ def predict(
     batch_size: Annotated[int | None, typer.Option(
         help="Rows per forward pass (default: 4096 on a CPU, 2**20 on a GPU).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a store from another run.")] = False,
+    chunks: Annotated[str | None, typer.Option(
+        help="Dask chunks of the drivers, e.g. time=92,lat=180 (-1: whole dimension); "
+             "multiples of the stored chunks make fewer, larger tasks.")] = None,
 ) -> None:
     """Predict GPP over a catalog's driver cube to Zarr (resumes an interrupted run)."""
     from xgpp.workflows import predict_from_catalog
 
     url = predict_from_catalog(catalog, model[0] if len(model) == 1 else model, out, cluster=cluster, start=start, end=end,
                                bbox=bbox, device=device, precision=precision,
-                               batch_size=batch_size, overwrite=overwrite)
+                               batch_size=batch_size, overwrite=overwrite,
+                               chunks=parse_chunks(chunks))
     typer.echo(f"wrote {url}; catalog {out}/catalog.yaml (entry 'prediction')")
 
 

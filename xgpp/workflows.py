@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +58,14 @@ def predict_from_catalog(catalog: str, model: str | list[str] | tuple[str, ...],
                          bbox: str | None = None, device: str = "auto",
                          precision: str = "float32", batch_size: int | None = None,
                          overwrite: bool = False, storage_options: dict | None = None,
-                         progress: bool = True) -> str:
+                         progress: bool = True, chunks: Mapping[str, int] | None = None) -> str:
     """Predict over the catalog's ``drivers`` to ``OUT/prediction.zarr`` and write ``OUT/catalog.yaml``.
 
     ``model`` is one bundle path or URL, or a list of them: an ensemble, whose store holds
     each output ``v`` as the member mean and ``v_std`` as the spread (see
-    :func:`xgpp.predict.write_prediction`).  Re-running with the same arguments resumes an
-    interrupted run.
+    :func:`xgpp.predict.write_prediction`).  ``chunks`` opens the drivers with coarser dask
+    chunks (:func:`xgpp.open_cube`); the prediction store is chunked as those.  Re-running
+    with the same arguments resumes an interrupted run.
     """
     import os
 
@@ -82,7 +83,8 @@ def predict_from_catalog(catalog: str, model: str | list[str] | tuple[str, ...],
                              "ensemble (xgpp predict --model A --model B).")
         bundle = [load_model(p) for p in paths]
         ids = [b.id for b in bundle]
-    drivers = subset(open_cube("drivers", catalog=catalog), start=start, end=end, bbox=bbox)
+    drivers = subset(open_cube("drivers", catalog=catalog, chunks=chunks), start=start, end=end,
+                     bbox=bbox)
     url = f"{str(out).rstrip('/')}/prediction.zarr"
     with _maybe_cluster(cluster):
         write_prediction(drivers, bundle, url, device=device, precision=precision,

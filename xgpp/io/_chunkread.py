@@ -12,13 +12,16 @@ would apply.
 It is used only where it gives xarray's result exactly: a Zarr v2 or v3 array without
 sharding or array-to-array filters, codecs numcodecs implements, no ``scale_factor`` or
 ``add_offset``, a variable whose decoded dtype is the stored one (so nothing but the fill
-value is decoded), and a read that falls inside one stored chunk.  Anything else takes
+value is decoded), and a read of step-1 slices (or of ints inside one stored chunk).  A
+read that spans several stored chunks (dask chunks coarser than the stored ones,
+``open_cube(..., chunks=...)``) is assembled from them, one at a time.  Anything else takes
 xarray's path.  ``tests/test_chunkread.py`` compares the two bit for bit over every
 supported layout, edge chunks and chunks never written.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -249,15 +252,53 @@ class ChunkReader(StoredChunks):
             arr[hit] = np.nan
         return arr
 
-    def read(self, key: Any) -> np.ndarray | None:
-        """``key`` read from its stored chunk.
+    def span_of(self, key: Any) -> list[tuple[int, int]] | None:
+        """``(start, stop)`` of every axis of ``key``, a tuple of step-1 slices; else None."""
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) != len(self.shape):
+            return None
+        out = []
+        for k, n in zip(key, self.shape, strict=True):
+            if not isinstance(k, slice):
+                return None
+            start, stop, step = k.indices(n)
+            if step != 1 or stop <= start:
+                return None
+            out.append((start, stop))
+        return out
 
-        None when ``key`` spans chunks (or is not a plain slice): the caller then reads it its
-        own way.
+    def read_region(self, span: list[tuple[int, int]]) -> np.ndarray:
+        """The region ``span`` (``(start, stop)`` per axis), assembled from its stored chunks.
+
+        They are read one at a time, so a dask chunk may span several stored chunks: memory is
+        the region plus one stored chunk.
+        """
+        ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(span, self.chunks,
+                                                                         strict=True)]
+        out: np.ndarray | None = None
+        for idx in itertools.product(*ranges):
+            chunk = self.read_chunk(idx)
+            if out is None:
+                out = np.empty(tuple(b - a for a, b in span), dtype=chunk.dtype)
+            src, dst = [], []
+            for i, (a, b), c in zip(idx, span, self.chunks, strict=True):
+                lo, hi = max(a, i * c), min(b, (i + 1) * c)
+                src.append(slice(lo - i * c, hi - i * c))
+                dst.append(slice(lo - a, hi - a))
+            out[tuple(dst)] = chunk[tuple(src)]
+        assert out is not None  # a span is never empty
+        return out
+
+    def read(self, key: Any) -> np.ndarray | None:
+        """``key`` read from its stored chunk, or from the stored chunks it spans.
+
+        None when ``key`` is not a plain selection (step-1 slices, or ints inside one chunk):
+        the caller then reads it its own way.
         """
         where = self.chunk_of(key)
         if where is None:
-            return None
+            span = self.span_of(key)
+            return None if span is None else self.read_region(span)
         idx, part = where
         chunk = self.read_chunk(idx)
         got = chunk[part]

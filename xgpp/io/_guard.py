@@ -10,7 +10,8 @@ names the store or file, the variable, the element range and (for Zarr) the chun
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable
+import warnings
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import dask.array as da
@@ -18,7 +19,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
-from xgpp.errors import CorruptChunkError, XgppError
+from xgpp.errors import CorruptChunkError, InputError, XgppError
 from xgpp.io._chunkread import ChunkReader, chunk_reader
 
 __all__ = ["GuardedArray", "guarded_dataset"]
@@ -114,25 +115,32 @@ def _mtime(path: str | None) -> float | None:
 
 def guarded_dataset(lazy: xr.Dataset, where: str, *, local_path: str | None = None,
                     zarr_format: int | None = None, group: Any = None,
-                    storage_options: dict[str, Any] | None = None) -> xr.Dataset:
+                    storage_options: dict[str, Any] | None = None,
+                    chunks: Mapping[Any, int] | None = None) -> xr.Dataset:
     """Give every lazily read variable of ``lazy`` a dask array over a :class:`GuardedArray`.
 
     ``lazy`` must be opened with ``chunks=None, cache=False`` (backend arrays, nothing read);
     dask chunks follow the variables' ``preferred_chunks`` (the stored chunks, as
-    ``chunks={}`` would), dask names derive from ``where``, the file's modification time and
-    the variable, so they are deterministic across processes.  Index coordinates are read now,
-    as xarray does.  With ``group``, the Zarr group ``lazy`` was opened from (at URL ``where``,
-    with ``storage_options``), whole stored chunks are read by a
-    :class:`~xgpp.io._chunkread.ChunkReader` wherever it gives xarray's values exactly.
+    ``chunks={}`` would) except along the dimensions ``chunks`` names (a size, or -1 for the
+    whole dimension; see :func:`check_chunks`); dask names derive from ``where``, the file's
+    modification time, the variable and its dask chunks, so they are deterministic across
+    processes.  Index coordinates are read now, as xarray does.  With ``group``, the Zarr
+    group ``lazy`` was opened from (at URL ``where``, with ``storage_options``), whole stored
+    chunks are read by a :class:`~xgpp.io._chunkread.ChunkReader` wherever it gives xarray's
+    values exactly.
     """
+    asked = check_chunks(chunks, lazy, where)
     stamp = _mtime(local_path)
     out = {}
+    cuts: dict[tuple[str, int, int], list[str]] = {}
     for name, var in lazy.variables.items():
         if name in lazy.indexes:
             continue
         preferred = var.encoding.get("preferred_chunks", {})
-        chunks = tuple(int(preferred.get(d, n)) or 1 for d, n in zip(var.dims, var.shape,
-                                                                  strict=True))
+        dchunks = tuple(_dask_chunk(asked.get(d), int(preferred.get(d, n)) or 1, n)
+                        for d, n in zip(var.dims, var.shape, strict=True))
+        for cut in _cuts(var.dims, var.shape, dchunks, preferred, asked):
+            cuts.setdefault(cut, []).append(str(name))
         stored = var.encoding.get("chunks") if zarr_format else None
         reader = None
         if group is not None:
@@ -143,12 +151,60 @@ def guarded_dataset(lazy: xr.Dataset, where: str, *, local_path: str | None = No
         guard = GuardedArray(var, where, str(name),
                              tuple(int(c) for c in stored) if stored else None,
                              zarr_format or 3, reader)
-        token = tokenize(where, stamp, str(name), var.dims, var.shape, str(var.dtype), chunks)
-        arr = da.from_array(guard, chunks=chunks or (), name=f"xgpp-read-{name}-{token}",
+        token = tokenize(where, stamp, str(name), var.dims, var.shape, str(var.dtype), dchunks)
+        arr = da.from_array(guard, chunks=dchunks or (), name=f"xgpp-read-{name}-{token}",
                             asarray=False, fancy=False, meta=np.empty((0,) * var.ndim,
                                                                       dtype=var.dtype))
         out[name] = var.copy(deep=False, data=arr)
+    if cuts:  # as xarray warns: such stored chunks are read once per dask chunk they fall in
+        text = "; ".join(f"along {d!r} dask chunks of {c} cut the stored chunks of {s} (of "
+                         f"{', '.join(sorted(names)[:3])}{' ...' if len(names) > 3 else ''})"
+                         for (d, c, s), names in cuts.items())
+        warnings.warn(f"{where}: {text}. Each such stored chunk is read and decoded once per "
+                      "dask chunk it falls in; ask for multiples of the stored chunks.",
+                      UserWarning, stacklevel=3)
     return lazy.assign(_only_vars(out, lazy)).assign_coords(_only_coords(out, lazy))
+
+
+def check_chunks(chunks: Mapping[Any, int] | None, ds: xr.Dataset,
+                 where: str) -> dict[Hashable, int]:
+    """``chunks`` (dimension -> dask chunk size, -1 for the whole dimension), checked.
+
+    An unknown dimension of ``ds`` or a size that is not a positive integer or -1 raises an
+    :class:`~xgpp.errors.InputError` naming it.
+    """
+    if chunks is None:
+        return {}
+    if not isinstance(chunks, Mapping):
+        raise InputError(f"chunks must map dimension names to dask chunk sizes, e.g. "
+                         f"{{'time': 92, 'lat': 180}} (-1: the whole dimension); got "
+                         f"{chunks!r} for {where}.")
+    out: dict[Hashable, int] = {}
+    for dim, size in chunks.items():
+        if dim not in ds.dims:
+            raise InputError(f"chunks names dimension {dim!r}, which {where} does not have; "
+                             f"its dimensions are {sorted(map(str, ds.dims))}.")
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or not (
+                size > 0 or size == -1):
+            raise InputError(f"chunks[{dim!r}] must be a positive integer or -1 (the whole "
+                             f"dimension, {ds.sizes[dim]}); got {size!r} for {where}.")
+        out[dim] = int(size)
+    return out
+
+
+def _dask_chunk(asked: int | None, stored: int, n: int) -> int:
+    if asked is None:
+        return stored
+    return max(n, 1) if asked == -1 else min(asked, max(n, 1))
+
+
+def _cuts(dims: tuple[Hashable, ...], shape: tuple[int, ...], chunks: tuple[int, ...],
+          preferred: Mapping[Hashable, int], asked: Mapping[Hashable, int]
+          ) -> list[tuple[str, int, int]]:
+    """``(dimension, dask chunk, stored chunk)`` where asked dask chunks cut stored chunks."""
+    return [(str(d), c, int(preferred[d]))
+            for d, n, c in zip(dims, shape, chunks, strict=True)
+            if d in asked and c < n and int(preferred.get(d, 0) or 0) and c % int(preferred[d])]
 
 
 def _only_vars(out: dict[Hashable, xr.Variable], ds: xr.Dataset) -> dict[Hashable, Any]:

@@ -115,7 +115,9 @@ class FileSource:
             raise UnknownOptionError(
                 f"{self.name} files are read by xgpp.io.{self.reader.__name__}, which takes "
                 f"{self.option_names}; got unknown reader option(s) {unknown}. fsspec storage "
-                "options (endpoint_url, anon, key...) apply to Zarr stores only."
+                "options (endpoint_url, anon, key...) apply to Zarr stores only"
+                + (", and so does chunks=: rechunk the cube this reader returns with "
+                   "ds.chunk(...)." if "chunks" in unknown else ".")
             )
 
     def open(self, paths: PathsLike, *, storage_options: Mapping[str, Any] | None = None,
@@ -147,19 +149,22 @@ class ZarrSource:
                 if f.rstrip("/").endswith(".zarr") or basename(f) in _ZARR_META]
 
     def open(self, paths: PathsLike, *, storage_options: Mapping[str, Any] | None = None,
-             **options: Any) -> xr.Dataset:
-        """Open the store lazily (dask-backed, chunked as stored); no reader options."""
+             chunks: Mapping[str, int] | None = None, **options: Any) -> xr.Dataset:
+        """Open the store lazily (dask-backed), chunked as stored or as ``chunks`` asks.
+
+        A Zarr cube takes no other reader option.
+        """
         from xgpp.catalog import _open_zarr
 
         if options:
             raise UnknownOptionError(
-                f"a Zarr cube takes no reader options; got {sorted(options)}. Subset or regrid "
-                "the opened dataset instead (ds.sel, ds.interp); fsspec options go in "
-                "storage_options."
+                f"a Zarr cube takes no reader options but chunks; got {sorted(options)}. "
+                "Subset or regrid the opened dataset instead (ds.sel, ds.interp); fsspec "
+                "options go in storage_options."
             )
         if not isinstance(paths, str | os.PathLike):
             raise TypeError(f"a Zarr cube is one store URL; got {paths!r}.")
-        return _open_zarr(os.fspath(paths), dict(storage_options or {}))
+        return _open_zarr(os.fspath(paths), dict(storage_options or {}), chunks)
 
 
 #: Registered sources by name (see :func:`register_source`).
