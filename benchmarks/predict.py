@@ -17,7 +17,10 @@ The three limits:
                    own codecs, in memory, a thread pool over chunks on all cores.
 
 (f') and (g') are the same through xgpp's own write path (``ds.gpp.to_zarr``, ``xgpp
-predict``: the direct chunk writer, Blosc LZ4 output), and its codec limit.
+predict``: the direct chunk writer, Blosc LZ4 output), and its codec limit.  The rounds also
+run the pipeline and (f) on the cube opened with dask chunks of ``COARSE`` times the stored
+ones (``xgpp.open_cube(..., chunks=...)``: a quarter of the tasks), against their own (g)
+and ceiling.
 
 (a) and (f) in series is the model-plus-I/O ceiling of a pipeline on the same cores.  The
 pipeline ``ds.gpp.predict(model).to_zarr`` on the default ``xgpp.cluster("local")`` is read
@@ -61,6 +64,18 @@ OUT = DATA / "out"
 # ----------------------------------------------------------------------------- the cube
 def open_drivers(wpath: Path) -> xr.Dataset:
     return xgpp.open_cube("drivers", catalog=str(wpath / "catalog.yaml"))
+
+
+#: dask chunks of the "coarser chunks" rows, as multiples of the stored chunks
+COARSE = {"time": 2, "lat": 2}
+
+
+def open_coarse(wpath: Path, ds: xr.Dataset) -> xr.Dataset:
+    """The same cube opened with dask chunks of COARSE times the stored ones (fewer, larger
+    tasks, each read from the whole stored chunks it spans): ``open_cube(..., chunks=)``."""
+    stored = ds["tair"].encoding["preferred_chunks"]
+    return xgpp.open_cube("drivers", catalog=str(wpath / "catalog.yaml"),
+                          chunks={d: k * int(stored[d]) for d, k in COARSE.items()})
 
 
 def chunk_slices(ds: xr.Dataset):
@@ -227,13 +242,16 @@ class CodecLimit:
             raise NotImplementedError(f"no numcodecs equivalent of the codecs of {output_store} "
                                       f"or {drivers_store} in this benchmark")
         grid = [range(-(-s // c)) for s, c in zip(out.shape, out.chunks, strict=True)]
+        inner = arrays[varying[0]].chunks  # output chunks are multiples of the input chunks
         self.nbytes = 0
         for idx in itertools.product(*grid):
-            key = "c/" + "/".join(map(str, idx))
+            sel = tuple(slice(i * c, min((i + 1) * c, n))
+                        for i, c, n in zip(idx, out.chunks, out.shape, strict=True))
+            keys = ["c/" + "/".join(map(str, k)) for k in itertools.product(
+                *(range(s.start // c, -(-s.stop // c)) for s, c in zip(sel, inner, strict=True)))]
             # chunks never written (all fill value: whole ocean) cost a reader nothing either
             raws = [(decoders[v], arrays[v].dtype, (drivers_store / v / key).read_bytes())
-                    for v in varying if (drivers_store / v / key).exists()]
-            sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, out.chunks, strict=True))
+                    for v in varying for key in keys if (drivers_store / v / key).exists()]
             self.tasks.append((raws, np.ascontiguousarray(out[sel])))
             self.nbytes += sum(len(r) for _, _, r in raws)
 
@@ -330,14 +348,18 @@ def xbatcher_pixels(small: xr.Dataset, model, device: str):
 
 
 # ----------------------------------------------------------------------------- rounds
-def rounds(args, table: Table, ds, model, feats, varying, kind: str) -> dict:
+def rounds(args, table: Table, ds, model, feats, varying, kind: str, coarse=None) -> dict:
     """Alternate the bare model and the codec limit (no cluster alive) with a fresh cluster:
-    its first run warms the workers, the second is timed, then the I/O floor."""
+    its first run warms the workers, the second is timed, then the I/O floor; with ``coarse``
+    (the cube opened with coarser dask chunks), the pipeline (warm, then timed) and the I/O
+    floor on it too, against its own codec limit (its output chunks are the coarser ones)."""
     res: dict[str, list[float]] = {k: [] for k in ("bare", "pipe", "first", "floor", "codec",
                                                     "ceiling", "r_pipe", "r_floor", "wfloor",
-                                                    "wcodec", "r_wfloor")}
+                                                    "wcodec", "r_wfloor", "cpipe", "cfloor",
+                                                    "ccodec", "cceiling", "r_cpipe", "r_cfloor")}
     path, fpath, wpath = OUT / "xgpp.zarr", OUT / "io.zarr", OUT / "io_writer.zarr"
-    codec = wcodec = None
+    cpath, cfpath = OUT / "xgpp_coarse.zarr", OUT / "io_coarse.zarr"
+    codec = wcodec = ccodec = None
     for r in range(args.rounds):
         t0 = time.perf_counter()
         bare(feats, model, args.device)()
@@ -358,21 +380,37 @@ def rounds(args, table: Table, ds, model, feats, varying, kind: str) -> dict:
             t0 = time.perf_counter()
             io_floor_writer(ds, varying, wpath)()
             wf = table.n_land / (time.perf_counter() - t0)
+            cp = cf = float("nan")
+            if coarse is not None:
+                predict_to_zarr(coarse, model, cpath, args.device)()  # its graph, warm
+                t0 = time.perf_counter()
+                predict_to_zarr(coarse, model, cpath, args.device)()
+                cp = table.n_land / (time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                io_floor(coarse, varying, cfpath, path)()
+                cf = table.n_land / (time.perf_counter() - t0)
         if codec is None:  # the stored input chunks and the pipeline's output, in memory
             src = Path(str(ds.encoding["source"]).removeprefix("file://"))
             codec = CodecLimit(src, varying, path)
             wcodec = CodecLimit(src, varying, wpath)  # the same, with the Blosc output
+            if coarse is not None:  # the same inputs, the coarser floor's output chunks
+                ccodec = CodecLimit(src, varying, cfpath)
         c = table.n_land / codec()
         wc = table.n_land / wcodec()
+        cc = table.n_land / ccodec() if ccodec is not None else float("nan")
         ceil = 1.0 / (1.0 / b + 1.0 / f)
-        for k, v in zip(res, (b, p, first, f, c, ceil, p / ceil, f / c, wf, wc, wf / wc),
-                        strict=True):
+        cceil = 1.0 / (1.0 / b + 1.0 / cf)
+        for k, v in zip(res, (b, p, first, f, c, ceil, p / ceil, f / c, wf, wc, wf / wc,
+                              cp, cf, cc, cceil, cp / cceil, cf / cc), strict=True):
             res[k].append(v)
         print(f"  round {r + 1}: bare {b / 1e6:.3f}, codec {c / 1e6:.3f}, cluster first run "
               f"{first / 1e6:.3f}, second {p / 1e6:.3f}, I/O floor {f / 1e6:.3f} M land/s; "
               f"pipeline / ceiling {p / ceil:.3f}, floor / codec {f / c:.3f}; xgpp's writer: "
-              f"floor {wf / 1e6:.3f}, codec {wc / 1e6:.3f}, floor / codec {wf / wc:.3f}",
-              flush=True)
+              f"floor {wf / 1e6:.3f}, codec {wc / 1e6:.3f}, floor / codec {wf / wc:.3f}"
+              + ("" if coarse is None else
+                 f"; coarser chunks: pipeline {cp / 1e6:.3f}, floor {cf / 1e6:.3f}, codec "
+                 f"{cc / 1e6:.3f}, pipeline / ceiling {cp / cceil:.3f}, floor / codec "
+                 f"{cf / cc:.3f}"), flush=True)
     res["sizing"] = sizing
     res["codec_limit"] = codec
     res["wcodec_name"] = wcodec.out_codec.__class__.__name__
@@ -412,6 +450,16 @@ def summary(res: dict, table: Table, kind: str) -> list[str]:
         f"| (e) `ds.gpp.predict(model).to_zarr`, same cluster, second run | {rate('pipe')} | "
         f"{med('r_pipe')} of the ceiling (goal >= 0.9) |",
     ]
+    if res.get("coarse"):
+        lines += [
+            f"| **coarser dask chunks** (`open_cube(..., chunks={res['coarse']})`: "
+            f"{res['coarse_tasks']} tasks instead of {res['tasks']}) | | |",
+            f"| (f) I/O floor | {rate('cfloor')} | {med('r_cfloor')} of its (g) (goal >= 0.7) |",
+            f"| (g) raw codec limit, its output chunks | {rate('ccodec')} | |",
+            f"| (a)+(f) in series | {rate('cceiling')} | |",
+            f"| (e) `ds.gpp.predict(model).to_zarr`, second run | {rate('cpipe')} | "
+            f"{med('r_cpipe')} of its ceiling (goal >= 0.9) |",
+        ]
     return lines
 
 
@@ -501,9 +549,14 @@ def run(args: argparse.Namespace) -> None:
 
     # the three limits and the pipeline, in alternating rounds
     torch.set_num_threads(os.cpu_count() if kind == "local" else 1)
-    res = rounds(args, table, ds, model, feats_keep, varying, kind)
+    coarse = open_coarse(wpath, ds)
+    res = rounds(args, table, ds, model, feats_keep, varying, kind, coarse=coarse)
+    res["coarse"] = {d: int(c[0]) for d, c in coarse["tair"].chunksizes.items() if d in COARSE}
+    res["coarse_tasks"] = coarse["tair"].data.npartitions
+    res["tasks"] = ds["tair"].data.npartitions
     med = {k: statistics.median(res[k]) for k in ("bare", "pipe", "floor", "codec", "ceiling",
-                                                   "first", "wfloor", "wcodec")}
+                                                   "first", "wfloor", "wcodec", "cpipe",
+                                                   "cfloor", "ccodec", "cceiling")}
     table.add(f"(e) ds.gpp.predict().to_zarr, {kind} cluster ({res['sizing']}), fresh cluster's "
               "first run (median of rounds)", n_land / med["first"])
     table.add(f"(e) ds.gpp.predict().to_zarr, {kind} cluster ({res['sizing']}), second run "
@@ -518,6 +571,14 @@ def run(args: argparse.Namespace) -> None:
               n_land / med["wcodec"])
     table.add("(a)+(f) in series: the model-plus-I/O ceiling (median of rounds)",
               n_land / med["ceiling"], derived=True)
+    grain = f"dask chunks {' x '.join(map(str, coarse['tair'].data.chunksize))}"
+    table.add(f"(e) ds.gpp.predict().to_zarr, {kind} cluster, {grain}, second run (median)",
+              n_land / med["cpipe"])
+    table.add(f"(f) I/O floor, {grain} (median)", n_land / med["cfloor"])
+    table.add(f"(g) raw codec limit, output chunks {grain.split(' ', 2)[2]} (median)",
+              n_land / med["ccodec"])
+    table.add(f"(a)+(f) in series, {grain} (median of rounds)", n_land / med["cceiling"],
+              derived=True)
     del feats
 
     if args.limits_only:
