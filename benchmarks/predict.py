@@ -360,35 +360,28 @@ def rounds(args, table: Table, ds, model, feats, varying, kind: str, coarse=None
     path, fpath, wpath = OUT / "xgpp.zarr", OUT / "io.zarr", OUT / "io_writer.zarr"
     cpath, cfpath = OUT / "xgpp_coarse.zarr", OUT / "io_coarse.zarr"
     codec = wcodec = ccodec = None
-    for r in range(args.rounds):
+
+    def rate(fn) -> float:
+        """Land samples per second of one call of ``fn``."""
         t0 = time.perf_counter()
-        bare(feats, model, args.device)()
-        b = table.n_land / (time.perf_counter() - t0)
+        fn()
+        return table.n_land / (time.perf_counter() - t0)
+
+    for r in range(args.rounds):
+        b = rate(bare(feats, model, args.device))
         with xgpp.cluster(kind) as client:
             info = list(client.scheduler_info()["workers"].values())
             sizing = f"{len(info)} workers x {info[0]['nthreads']} threads"
-            t0 = time.perf_counter()
-            predict_to_zarr(ds, model, path, args.device)()
-            first = table.n_land / (time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            predict_to_zarr(ds, model, path, args.device)()
-            p = table.n_land / (time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            io_floor(ds, varying, fpath, path)()
-            f = table.n_land / (time.perf_counter() - t0)
+            first = rate(predict_to_zarr(ds, model, path, args.device))
+            p = rate(predict_to_zarr(ds, model, path, args.device))
+            f = rate(io_floor(ds, varying, fpath, path))
             io_floor_writer(ds, varying, wpath)()  # warm, as (f) is by the runs before it
-            t0 = time.perf_counter()
-            io_floor_writer(ds, varying, wpath)()
-            wf = table.n_land / (time.perf_counter() - t0)
+            wf = rate(io_floor_writer(ds, varying, wpath))
             cp = cf = float("nan")
             if coarse is not None:
                 predict_to_zarr(coarse, model, cpath, args.device)()  # its graph, warm
-                t0 = time.perf_counter()
-                predict_to_zarr(coarse, model, cpath, args.device)()
-                cp = table.n_land / (time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                io_floor(coarse, varying, cfpath, path)()
-                cf = table.n_land / (time.perf_counter() - t0)
+                cp = rate(predict_to_zarr(coarse, model, cpath, args.device))
+                cf = rate(io_floor(coarse, varying, cfpath, path))
         if codec is None:  # the stored input chunks and the pipeline's output, in memory
             src = Path(str(ds.encoding["source"]).removeprefix("file://"))
             codec = CodecLimit(src, varying, path)
