@@ -738,3 +738,40 @@ def test_chunks_that_cut_stored_chunks_warn_and_bad_chunks_raise(tmp_path):
                        ([3], r"must map dimension names")]:
         with pytest.raises(InputError, match=match):
             xgpp.open_cube(url, chunks=bad)
+
+
+def test_blocks_coarser_in_time_decode_in_place_for_every_layout(tmp_path, monkeypatch):
+    """A block coarser along time only holds each whole stored chunk as one contiguous run, so
+    the reader decodes it there (no copy); the values stay xarray's for big-endian, Fortran
+    order, uncompressed, masked and never-written chunks, and a chunk decoding to the wrong
+    size still raises rather than leaving part of the block uninitialised."""
+    a = _field(23)
+    fill = np.where(a > 9, np.float32(-9999), a).astype("f4")
+    url = _write(tmp_path / "c.zarr", {"f": a, "fill": fill, "raw": a}, 2,
+                 {"fill": {"_FillValue": -9999.0}, "raw": {"compressors": None}})
+    _add_array(url, 2, "be", a, dtype=">f4", fill_value=np.nan)
+    _add_array(url, 2, "fortran", a, dtype="f4", fill_value=np.nan, order="F")
+    (tmp_path / "c.zarr" / "f" / "1.0.0").unlink()  # never written: the fill value in place
+    names = ["f", "fill", "raw", "be", "fortran"]
+    ref = _reference(url, 2)
+    cube = xgpp.open_cube(url, chunks={"time": 6})
+    in_place: list[str] = []
+    decode = ChunkReader._decode
+
+    def spy(self, raw, into=None):
+        got = decode(self, raw, into)
+        if into is not None and got is into:
+            in_place.append(self.url.rsplit("/", 1)[-1])
+        return got
+
+    monkeypatch.setattr(ChunkReader, "_decode", spy)
+    for name in names:
+        assert guard_of(cube, name).reader is not None, name
+        assert_identical_values(cube[name].values, ref[name].values)
+    # the compressed native C-order arrays decode in place; the others are copied in
+    assert {"f", "fill"} <= set(in_place) and not {"raw", "be", "fortran"} & set(in_place)
+    reader = guard_of(cube, "f").reader
+    n = int(np.prod(CHUNKS))
+    (Path(url) / "f" / "0.0.0").write_bytes(reader.codecs[0].encode(np.arange(n - 1, dtype="f4")))
+    with pytest.raises(CorruptChunkError, match="f/0.0.0"):
+        _ = cube["f"][0:6, 0:4, 0:4].values
