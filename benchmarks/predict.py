@@ -18,9 +18,9 @@ The three limits:
 
 (f') and (g') are the same through xgpp's own write path (``ds.gpp.to_zarr``, ``xgpp
 predict``: the direct chunk writer, Blosc LZ4 output), and its codec limit.  The rounds also
-run the pipeline and (f) on the cube opened with dask chunks of ``COARSE`` times the stored
-ones (``xgpp.open_cube(..., chunks=...)``: a quarter of the tasks), against their own (g)
-and ceiling.
+run the pipeline and (f) on the cube opened with dask chunks of ``COARSE`` (``--coarse``) times
+the stored ones (``xgpp.open_cube(..., chunks=...)``; by default the whole record along time
+over the stored lat/lon chunks), against their own (g) and ceiling.
 
 (a) and (f) in series is the model-plus-I/O ceiling of a pipeline on the same cores.  The
 pipeline ``ds.gpp.predict(model).to_zarr`` on the default ``xgpp.cluster("local")`` is read
@@ -33,6 +33,7 @@ scheduler, the MoE, and a fresh process's peak memory; (b) and (e) with the reco
 (full mode only).
 
     python benchmarks/predict.py [--quick] [--rounds 3] [--device cpu] [--skip-peers]
+                                 [--limits-only] [--coarse time=all]
 """
 
 from __future__ import annotations
@@ -66,16 +67,39 @@ def open_drivers(wpath: Path) -> xr.Dataset:
     return xgpp.open_cube("drivers", catalog=str(wpath / "catalog.yaml"))
 
 
-#: dask chunks of the "coarser chunks" rows, as multiples of the stored chunks
-COARSE = {"time": 2, "lat": 2}
+#: dask chunks of the "coarser chunks" rows (``--coarse``), as multiples of the stored chunks;
+#: ``"all"`` is the whole dimension: blocks of the whole record over the stored lat/lon chunks,
+#: each stored chunk one contiguous run of its block, decoded in place
+COARSE: dict[str, int | str] = {"time": "all"}
 
 
-def open_coarse(wpath: Path, ds: xr.Dataset) -> xr.Dataset:
-    """The same cube opened with dask chunks of COARSE times the stored ones (fewer, larger
+def parse_coarse(text: str) -> dict[str, int | str]:
+    """``time=2,lat=2`` -> ``{"time": 2, "lat": 2}`` (multiples of the stored chunks, or
+    ``all``)."""
+    out: dict[str, int | str] = {}
+    try:
+        for part in text.split(","):
+            d, k = part.split("=")
+            out[d.strip()] = "all" if k.strip() == "all" else int(k)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--coarse {text!r}: expected DIM=K[,DIM=K] with K a multiple of the stored chunk "
+            "or 'all', e.g. time=all or time=2,lat=2") from None
+    bad = [d for d, k in out.items() if d not in ("time", "lat", "lon") or (k != "all" and int(k) < 1)]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"--coarse {text!r}: {bad} must be time, lat or lon with a multiple >= 1 or 'all'")
+    return out
+
+
+def open_coarse(wpath: Path, ds: xr.Dataset, coarse: dict[str, int | str]) -> xr.Dataset:
+    """The same cube opened with dask chunks of ``coarse`` times the stored ones (fewer, larger
     tasks, each read from the whole stored chunks it spans): ``open_cube(..., chunks=)``."""
     stored = ds["tair"].encoding["preferred_chunks"]
     return xgpp.open_cube("drivers", catalog=str(wpath / "catalog.yaml"),
-                          chunks={d: k * int(stored[d]) for d, k in COARSE.items()})
+                          chunks={d: ds.sizes[d] if k == "all" else min(int(k) * int(stored[d]),
+                                                                          ds.sizes[d])
+                                  for d, k in coarse.items()})
 
 
 def chunk_slices(ds: xr.Dataset):
@@ -542,9 +566,10 @@ def run(args: argparse.Namespace) -> None:
 
     # the three limits and the pipeline, in alternating rounds
     torch.set_num_threads(os.cpu_count() if kind == "local" else 1)
-    coarse = open_coarse(wpath, ds)
+    coarse = open_coarse(wpath, ds, args.coarse)
     res = rounds(args, table, ds, model, feats_keep, varying, kind, coarse=coarse)
-    res["coarse"] = {d: int(c[0]) for d, c in coarse["tair"].chunksizes.items() if d in COARSE}
+    res["coarse"] = {d: int(c[0]) for d, c in coarse["tair"].chunksizes.items()
+                     if d in args.coarse}
     res["coarse_tasks"] = coarse["tair"].data.npartitions
     res["tasks"] = ds["tair"].data.npartitions
     med = {k: statistics.median(res[k]) for k in ("bare", "pipe", "floor", "codec", "ceiling",
@@ -646,6 +671,10 @@ if __name__ == "__main__":
                    help="skip the peers (b), (c), (d): only xgpp's rows against its limits")
     p.add_argument("--limits-only", action="store_true",
                    help="only the rounds: bare model, I/O floor, codec limit, the pipeline")
+    p.add_argument("--coarse", type=parse_coarse, default=COARSE, metavar="DIM=K[,DIM=K]",
+                   help="dask chunks of the coarser-chunks rows, as multiples of the stored "
+                        "ones or 'all' (default time=all: the whole record over the stored "
+                        "lat/lon chunks)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     child(a) if a.child else run(a)
