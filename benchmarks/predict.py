@@ -22,6 +22,11 @@ run the pipeline and (f) on the cube opened with dask chunks of ``COARSE`` (``--
 the stored ones (``xgpp.open_cube(..., chunks=...)``; by default the whole record along time
 over the stored lat/lon chunks), against their own (g) and ceiling.
 
+(a*) is the kernel each task runs between its read and its write (``xgpp.predict``'s
+featurisation batch by batch, the forward and the NaN fill) on the same chunks already loaded,
+so (a*) / (a) is what featurisation costs and the pipeline against (a*)+(f) what the cluster
+and the fused read-predict-write add; it is a diagnostic, the goal stays against (a)+(f).
+
 (a) and (f) in series is the model-plus-I/O ceiling of a pipeline on the same cores.  The
 pipeline ``ds.gpp.predict(model).to_zarr`` on the default ``xgpp.cluster("local")`` is read
 as a ratio of that ceiling, and the I/O floor as a ratio of (g), each as the median of rounds
@@ -111,12 +116,16 @@ def chunk_slices(ds: xr.Dataset):
                for d, n in zip(("time", "lat", "lon"), idx, strict=True)}
 
 
-def chunk_features(ds: xr.Dataset, model) -> list[np.ndarray]:
-    """The model's feature rows of every chunk (valid rows only), as the kernel builds them."""
+def chunk_features(ds: xr.Dataset, model, inputs: list | None = None) -> list[np.ndarray]:
+    """The model's feature rows of every chunk (valid rows only), as the kernel builds them;
+    with ``inputs`` (a list), each chunk's loaded inputs are appended to it as well."""
     out = []
     for sl in chunk_slices(ds):
-        x, _ = model.features(ds[list(model.inputs)].isel(sl).compute(), return_mask=True)
+        sub = ds[list(model.inputs)].isel(sl).compute()
+        x, _ = model.features(sub, return_mask=True)
         out.append(x)
+        if inputs is not None:
+            inputs.append(sub)
     return out
 
 
@@ -157,24 +166,45 @@ class Table:
 
 
 # ----------------------------------------------------------------------------- the limits
-def bare(feats: list[np.ndarray], model, device: str, batch_size: int | None = None,
-         threads: int | None = None):
-    """The model on in-memory chunk rows: on a CPU ``threads`` (default: every core) threads
+def over_chunks(one, items: list, device: str, threads: int | None = None):
+    """A timed call: ``one`` over ``items``, on a CPU ``threads`` (default: every core) threads
     over chunks, one torch thread each (as the pipeline's workers run it); on a GPU in turn."""
     n = 1 if device.startswith("cuda") else (threads or os.cpu_count() or 1)
-
-    def one(x: np.ndarray) -> None:
-        model.predict_numpy(x, device=device, batch_size=batch_size)
 
     def fn() -> None:
         saved = torch.get_num_threads()
         torch.set_num_threads(1 if n > 1 else saved)
         try:
             with ThreadPoolExecutor(n) as pool:
-                list(pool.map(one, feats))
+                list(pool.map(one, items))
         finally:
             torch.set_num_threads(saved)
     return fn
+
+
+def bare(feats: list[np.ndarray], model, device: str, batch_size: int | None = None,
+         threads: int | None = None):
+    """(a) The model on in-memory chunk rows (:func:`over_chunks`)."""
+    def one(x: np.ndarray) -> None:
+        model.predict_numpy(x, device=device, batch_size=batch_size)
+    return over_chunks(one, feats, device, threads)
+
+
+def kernel(chunks: list[xr.Dataset], model, varying: list[str], device: str):
+    """(a*) What each task of the pipeline runs between its read and its write, on in-memory
+    input chunks: ``xgpp.predict``'s kernel (featurisation batch by batch, the forward, the
+    NaN fill), over chunks as (a) runs (:func:`over_chunks`)."""
+    from xgpp.predict import _predict_block
+
+    static = [n for n in model.inputs if n not in varying]
+    blocks = [([c[v].values for v in varying + static], c["lat"].values, c["lon"].values)
+              for c in chunks]
+
+    def one(b) -> None:
+        arrays, lat, lon = b
+        _predict_block(*arrays, model, varying=varying, static=static, columns=[0],
+                       device=device, batch_size=None, precision="float32", lat=lat, lon=lon)
+    return over_chunks(one, blocks, device)
 
 
 def predict_to_zarr(ds: xr.Dataset, model, path: Path, device: str):
@@ -372,15 +402,18 @@ def xbatcher_pixels(small: xr.Dataset, model, device: str):
 
 
 # ----------------------------------------------------------------------------- rounds
-def rounds(args, table: Table, ds, model, feats, varying, kind: str, coarse=None) -> dict:
+def rounds(args, table: Table, ds, model, feats, varying, kind: str, coarse=None,
+           chunks: list | None = None) -> dict:
     """Alternate the bare model and the codec limit (no cluster alive) with a fresh cluster:
     its first run warms the workers, the second is timed, then the I/O floor; with ``coarse``
     (the cube opened with coarser dask chunks), the pipeline (warm, then timed) and the I/O
-    floor on it too, against its own codec limit (its output chunks are the coarser ones)."""
+    floor on it too, against its own codec limit (its output chunks are the coarser ones).  With
+    ``chunks`` (the loaded input chunks), the kernel (a*) too, and the ceiling (a*)+(f)."""
     res: dict[str, list[float]] = {k: [] for k in ("bare", "pipe", "first", "floor", "codec",
                                                     "ceiling", "r_pipe", "r_floor", "wfloor",
                                                     "wcodec", "r_wfloor", "cpipe", "cfloor",
-                                                    "ccodec", "cceiling", "r_cpipe", "r_cfloor")}
+                                                    "ccodec", "cceiling", "r_cpipe", "r_cfloor",
+                                                    "kernel", "kceiling", "r_kpipe")}
     path, fpath, wpath = OUT / "xgpp.zarr", OUT / "io.zarr", OUT / "io_writer.zarr"
     cpath, cfpath = OUT / "xgpp_coarse.zarr", OUT / "io_coarse.zarr"
     codec = wcodec = ccodec = None
@@ -393,6 +426,7 @@ def rounds(args, table: Table, ds, model, feats, varying, kind: str, coarse=None
 
     for r in range(args.rounds):
         b = rate(bare(feats, model, args.device))
+        k = rate(kernel(chunks, model, varying, args.device)) if chunks else float("nan")
         with xgpp.cluster(kind) as client:
             info = list(client.scheduler_info()["workers"].values())
             sizing = f"{len(info)} workers x {info[0]['nthreads']} threads"
@@ -417,12 +451,16 @@ def rounds(args, table: Table, ds, model, feats, varying, kind: str, coarse=None
         cc = table.n_land / ccodec() if ccodec is not None else float("nan")
         ceil = 1.0 / (1.0 / b + 1.0 / f)
         cceil = 1.0 / (1.0 / b + 1.0 / cf)
-        for k, v in zip(res, (b, p, first, f, c, ceil, p / ceil, f / c, wf, wc, wf / wc,
-                              cp, cf, cc, cceil, cp / cceil, cf / cc), strict=True):
-            res[k].append(v)
-        print(f"  round {r + 1}: bare {b / 1e6:.3f}, codec {c / 1e6:.3f}, cluster first run "
+        kceil = 1.0 / (1.0 / k + 1.0 / f)
+        for key, v in zip(res, (b, p, first, f, c, ceil, p / ceil, f / c, wf, wc, wf / wc,
+                                cp, cf, cc, cceil, cp / cceil, cf / cc, k, kceil, p / kceil),
+                          strict=True):
+            res[key].append(v)
+        print(f"  round {r + 1}: bare {b / 1e6:.3f}, kernel {k / 1e6:.3f}, codec {c / 1e6:.3f}, "
+              f"cluster first run "
               f"{first / 1e6:.3f}, second {p / 1e6:.3f}, I/O floor {f / 1e6:.3f} M land/s; "
-              f"pipeline / ceiling {p / ceil:.3f}, floor / codec {f / c:.3f}; xgpp's writer: "
+              f"pipeline / ceiling {p / ceil:.3f} (/ (a*)+(f) {p / kceil:.3f}), floor / codec "
+              f"{f / c:.3f}; xgpp's writer: "
               f"floor {wf / 1e6:.3f}, codec {wc / 1e6:.3f}, floor / codec {wf / wc:.3f}"
               + ("" if coarse is None else
                  f"; coarser chunks: pipeline {cp / 1e6:.3f}, floor {cf / 1e6:.3f}, codec "
@@ -462,10 +500,13 @@ def summary(res: dict, table: Table, kind: str) -> list[str]:
         "of (g') |",
         f"| (g') raw codec limit with that output codec | {rate('wcodec')} | |",
         f"| (a)+(f) in series: the model-plus-I/O ceiling | {rate('ceiling')} | |",
+        f"| (a*) kernel: featurise + model on in-memory input chunks (a task's work between "
+        f"its read and its write) | {rate('kernel')} | |",
+        f"| (a*)+(f) in series | {rate('kceiling')} | |",
         f"| (e) `ds.gpp.predict(model).to_zarr`, fresh `xgpp.cluster(\"{kind}\")`, first run | "
         f"{rate('first')} | |",
         f"| (e) `ds.gpp.predict(model).to_zarr`, same cluster, second run | {rate('pipe')} | "
-        f"{med('r_pipe')} of the ceiling (goal >= 0.9) |",
+        f"{med('r_pipe')} of the ceiling (goal >= 0.9); {med('r_kpipe')} of (a*)+(f) |",
     ]
     if res.get("coarse"):
         lines += [
@@ -493,7 +534,8 @@ def run(args: argparse.Namespace) -> None:
     dev = args.device
     kind = "cuda" if dev.startswith("cuda") else "local"
 
-    feats = chunk_features(ds, model)
+    loaded: list[xr.Dataset] = []  # the input chunks, for the kernel (a*)
+    feats = chunk_features(ds, model, loaded)
     n_land = sum(len(x) for x in feats)
     n_pix = int(np.prod([ds.sizes[d] for d in ("time", "lat", "lon")]))
     print(f"cube: {dict(ds.sizes)}, chunks {ds['tair'].data.chunksize}, {n_pix / 1e6:.1f} M "
@@ -567,7 +609,8 @@ def run(args: argparse.Namespace) -> None:
     # the three limits and the pipeline, in alternating rounds
     torch.set_num_threads(os.cpu_count() if kind == "local" else 1)
     coarse = open_coarse(wpath, ds, args.coarse)
-    res = rounds(args, table, ds, model, feats_keep, varying, kind, coarse=coarse)
+    res = rounds(args, table, ds, model, feats_keep, varying, kind, coarse=coarse,
+                 chunks=loaded)
     res["coarse"] = {d: int(c[0]) for d, c in coarse["tair"].chunksizes.items()
                      if d in args.coarse}
     res["coarse_tasks"] = coarse["tair"].data.npartitions
@@ -589,6 +632,10 @@ def run(args: argparse.Namespace) -> None:
               n_land / med["wcodec"])
     table.add("(a)+(f) in series: the model-plus-I/O ceiling (median of rounds)",
               n_land / med["ceiling"], derived=True)
+    table.add("(a*) kernel: featurise + model on in-memory input chunks, one thread per core "
+              "(median)", n_land / statistics.median(res["kernel"]))
+    table.add("(a*)+(f) in series (median of rounds)", n_land / statistics.median(res["kceiling"]),
+              derived=True)
     grain = f"dask chunks {' x '.join(map(str, coarse['tair'].data.chunksize))}"
     table.add(f"(e) ds.gpp.predict().to_zarr, {kind} cluster, {grain}, second run (median)",
               n_land / med["cpipe"])
@@ -598,6 +645,7 @@ def run(args: argparse.Namespace) -> None:
     table.add(f"(a)+(f) in series, {grain} (median of rounds)", n_land / med["cceiling"],
               derived=True)
     del feats
+    loaded.clear()
 
     if args.limits_only:
         print("\n" + table.markdown())
