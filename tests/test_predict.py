@@ -249,6 +249,51 @@ def test_resume_after_kill_gives_identical_store(tmp_path, world, drivers, model
     xr.testing.assert_identical(a.compute(), b.compute())
 
 
+def test_every_metadata_write_keeps_done_slabs_and_their_counts_together(tmp_path, drivers,
+                                                                         model, monkeypatch):
+    """A kill can land between any two writes of the store's zarr.json: each must be whole.
+
+    zarr's ``attrs.update`` writes once per key; a run killed between the done-slabs write
+    and the counts write left a slab done without its count (and a resumed store short of it).
+    """
+    import zarr.core.group as zgroup
+
+    seen = []
+    save = zgroup.AsyncGroup._save_metadata
+
+    async def spy(self, *args, **kwargs):
+        seen.append(dict(self.metadata.attributes))
+        return await save(self, *args, **kwargs)
+
+    monkeypatch.setattr(zgroup.AsyncGroup, "_save_metadata", spy)
+    write_prediction(drivers, model, str(tmp_path / "p.zarr"), progress=False)
+    marks = [a for a in seen if a.get("xgpp_done_slabs")]
+    assert len(marks) >= len(drivers.chunks["time"]), "one metadata write a finished slab"
+    for attrs in marks:
+        assert {str(i) for i in attrs["xgpp_done_slabs"]} == set(attrs["xgpp_valid_counts"]), attrs
+
+
+def test_resume_recomputes_a_slab_marked_done_without_its_count(tmp_path, drivers, model):
+    """A store left by the per-key attribute writes (slab done, count missing) resumes whole."""
+    import zarr
+
+    url, fresh = str(tmp_path / "p.zarr"), str(tmp_path / "fresh.zarr")
+    write_prediction(drivers, model, fresh, progress=False)
+    write_prediction(drivers, model, url, progress=False)
+    group = zarr.open_group(url, mode="r+")
+    counts = dict(group.attrs["xgpp_valid_counts"])
+    del counts["1"]
+    group.update_attributes({"xgpp_complete": False, "xgpp_done_slabs": [0, 1],
+                             "xgpp_valid_counts": {"0": counts["0"]}})
+    t0, n = drivers.chunks["time"][0], drivers.chunks["time"][1]
+    zarr.open_array(f"{url}/gpp", mode="r+")[t0:t0 + n] = np.nan  # as a killed run left it
+    write_prediction(drivers, model, url, progress=False)
+    a, b = xr.open_zarr(url, consolidated=False), xr.open_zarr(fresh, consolidated=False)
+    assert a.attrs.pop("history") and b.attrs.pop("history")
+    assert a.attrs["xgpp_valid_counts"] == b.attrs["xgpp_valid_counts"]
+    xr.testing.assert_identical(a.compute(), b.compute())
+
+
 def test_predict_on_local_cluster_matches(drivers, model, reference):
     with xgpp.cluster("local", n_workers=1, threads_per_worker=2,
                       dashboard_address=":0") as client:

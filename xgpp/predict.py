@@ -850,7 +850,10 @@ def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *
         if attrs.get("xgpp_fingerprint") == fp:
             if attrs.get("xgpp_complete"):
                 return url
-            done = set(attrs.get("xgpp_done_slabs", []))
+            # a slab counts as done only with its valid count beside it: a store written
+            # before the two were saved in one write may hold a slab without its count
+            known = set(attrs.get("xgpp_valid_counts", {}))
+            done = {i for i in attrs.get("xgpp_done_slabs", []) if str(i) in known}
         elif not overwrite:
             raise FileExistsError(
                 f"{url} already holds a store that is not this prediction (other model, "
@@ -888,13 +891,17 @@ def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *
                                 meta=np.empty((0,) * result[names[0]].ndim, np.int64))
         writes[i] = counts_.sum()
     # valid values per slab, those of slabs finished by an earlier run included
-    counts = {int(k): int(v) for k, v in group.attrs.get("xgpp_valid_counts", {}).items()}
+    counts = {int(k): int(v) for k, v in group.attrs.get("xgpp_valid_counts", {}).items()
+              if int(k) in done}
 
     def mark(i: int, n_valid: int) -> None:
         counts[i] = n_valid
         done.add(i)
-        group.attrs.update({"xgpp_done_slabs": sorted(done),
-                            "xgpp_valid_counts": {str(k): v for k, v in counts.items()}})
+        # one write of the group's metadata: zarr's ``attrs.update`` is MutableMapping's,
+        # one write per key, and a run killed between the two left a slab marked done
+        # without its count
+        group.update_attributes({"xgpp_done_slabs": sorted(done),
+                                 "xgpp_valid_counts": {str(k): v for k, v in counts.items()}})
 
     def diagnose(i: int, err: BaseException) -> None:
         from xgpp._chunks import naming_unreadable
@@ -908,7 +915,7 @@ def write_prediction(ds: xr.Dataset, model: Model | Sequence[Model], url: str, *
                retries=retries)
     if sum(counts.values()) == 0:
         raise InputError(_all_missing_message(src, inputs, names[0], url))
-    group.attrs.update({"xgpp_complete": True})
+    group.update_attributes({"xgpp_complete": True})
     return url
 
 
