@@ -342,6 +342,9 @@ def test_interrupted_world_write_is_refused_then_finished_without_recomputing(
     assert ("drivers", str(SLABS - 1)) in again | finished
     assert os.path.exists(os.path.join(root, "catalog.yaml"))
     assert not os.path.exists(os.path.join(root, ".xgpp-progress"))
+    for name in world.datasets:  # the progress attributes are gone from every store
+        attrs = zarr.open_group(f"{root}/{name}.zarr", mode="r").attrs
+        assert "world_config" in attrs and not {"xgpp_complete", "xgpp_progress"} & set(attrs)
     for name, ds in world.datasets.items():
         back = xgpp.open_cube(name, catalog=root)  # complete: opens without a word
         xr.testing.assert_identical(back.compute(), xgpp.catalog._plain_strings(ds.compute()))

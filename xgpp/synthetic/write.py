@@ -180,6 +180,7 @@ def _finish_store(fs: Any, root: str, url: str, name: str, opts: dict) -> None:
         f.write("")
     group = zarr.open_group(f"{url}/{name}.zarr", mode="r+", storage_options=opts or None,
                             zarr_format=3)
-    for key in ("xgpp_complete", "xgpp_progress"):
-        if key in group.attrs:
-            del group.attrs[key]
+    # both dropped in one write of zarr.json (``del attrs[key]`` writes once per key)
+    kept = {k: v for k, v in group.attrs.items() if k not in ("xgpp_complete", "xgpp_progress")}
+    if len(kept) < len(group.attrs):
+        group.attrs.put(kept)
