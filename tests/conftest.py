@@ -246,3 +246,22 @@ def gateway_server(tmp_path_factory) -> Iterator[tuple[str, dict]]:
         # finalizers that run inside a later ast.parse (pytest's assertion rewriting of a lazily
         # imported plugin) raise "SystemError: AST constructor recursion depth mismatch".
         gc.collect()
+
+
+@pytest.fixture
+def zarr_metadata_saves(monkeypatch) -> list[dict]:
+    """The group attributes at each write of a zarr group's ``zarr.json``, in order.
+
+    A spy on zarr's own ``AsyncGroup._save_metadata``: the real store is still written.
+    """
+    import zarr.core.group as zgroup
+
+    seen: list[dict] = []
+    save = zgroup.AsyncGroup._save_metadata
+
+    async def spy(self, *args, **kwargs):
+        seen.append(dict(self.metadata.attributes))
+        return await save(self, *args, **kwargs)
+
+    monkeypatch.setattr(zgroup.AsyncGroup, "_save_metadata", spy)
+    return seen

@@ -375,11 +375,11 @@ def test_gpp_ceiling_is_truth_without_the_unobserved_efficiency(computed, world)
     assert 0.5 < r2 < 0.999, r2
 
 
-def test_finishing_a_store_drops_its_progress_attributes_in_one_write(tmp_path, monkeypatch):
+def test_finishing_a_store_drops_its_progress_attributes_in_one_write(tmp_path,
+                                                                       zarr_metadata_saves):
     """A kill between two per-key writes would leave a store half-marked; one write cannot."""
     import fsspec
     import zarr
-    import zarr.core.group as zgroup
 
     import xgpp.synthetic.write as W
 
@@ -388,16 +388,9 @@ def test_finishing_a_store_drops_its_progress_attributes_in_one_write(tmp_path, 
                                                      consolidated=False)
     zarr.open_group(f"{url}/d.zarr", mode="r+").update_attributes(
         {"world_config": "{}", "xgpp_complete": False, "xgpp_progress": "../p/d"})
-    saved = []
-    save = zgroup.AsyncGroup._save_metadata
-
-    async def spy(self, *args, **kwargs):
-        saved.append(dict(self.metadata.attributes))
-        return await save(self, *args, **kwargs)
-
-    monkeypatch.setattr(zgroup.AsyncGroup, "_save_metadata", spy)
+    zarr_metadata_saves.clear()  # only the finish's own writes
     fs, root = fsspec.core.url_to_fs(url)
     fs.makedirs(f"{root}/{W.PROGRESS_DIR}/d", exist_ok=True)
     W._finish_store(fs, root, url, "d", {})
-    assert saved == [{"world_config": "{}"}]
+    assert zarr_metadata_saves == [{"world_config": "{}"}]
     assert dict(zarr.open_group(f"{url}/d.zarr", mode="r").attrs) == {"world_config": "{}"}
